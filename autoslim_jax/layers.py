@@ -1,0 +1,88 @@
+"""Masked, static-shape Flax layers.
+
+Every layer is built at its physical width (the max width in a supernet) and takes the active
+channel config at call time, so one jitted graph serves every config. A layer's output channels
+belong to ``out_unit``; those beyond the unit's active count are multiplied by zero *after*
+BatchNorm and the activation (before them BatchNorm's bias would turn zeros into non-zeros).
+Multiplying by an exact zero makes masked outputs exactly zero and sends them exactly zero
+gradient; BatchNorm of an all-zero channel sees variance 0 and returns 0 (epsilon keeps it
+finite).
+
+``in_unit`` / ``out_unit`` name the units of the input and output channels (``None``: a fixed
+size, such as the RGB input or the classes). The resource model and the slim export read them.
+Called with ``config=None`` a layer is a plain layer: that is how exported slim networks run.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Config = Mapping[str, jax.Array | int] | None
+
+
+def mask_channels(x: jax.Array, unit: str | None, config: Config) -> jax.Array:
+  """Zeroes the channels (last axis) of ``x`` beyond the unit's active count."""
+  if config is None or unit is None:
+    return x
+  active = jnp.arange(x.shape[-1]) < config[unit]
+  return x * active.astype(x.dtype)
+
+
+class SlimConv(nn.Module):
+  """Conv -> BatchNorm -> activation -> channel mask, writing into ``out_unit``.
+
+  A depthwise conv (``depthwise=True``) has as many channels as its input and belongs to the
+  same unit (``in_unit == out_unit``); ``features`` must then equal the input channels.
+  """
+  features: int
+  in_unit: str | None
+  out_unit: str | None
+  kernel_size: int = 1
+  strides: int = 1
+  depthwise: bool = False
+  activation: Callable[[jax.Array], jax.Array] | None = nn.relu
+  batch_norm: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, config: Config = None, train: bool = False) -> jax.Array:
+    if self.depthwise and (self.in_unit != self.out_unit or x.shape[-1] != self.features):
+      raise ValueError(f'{self.path}: a depthwise conv keeps its input unit and width; got '
+                       f'in_unit={self.in_unit!r}, out_unit={self.out_unit!r}, '
+                       f'{x.shape[-1]} input channels, features={self.features}')
+    pad = (self.kernel_size - 1) // 2  # symmetric, as in the reference (PyTorch) networks
+    x = nn.Conv(
+        self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=x.shape[-1] if self.depthwise else 1,
+        use_bias=not self.batch_norm, dtype=self.dtype, name='conv')(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
+    if self.activation is not None:
+      x = self.activation(x)
+    return mask_channels(x, self.out_unit, config)
+
+
+class SlimDense(nn.Module):
+  """A dense layer whose inputs belong to ``in_unit``; its outputs are a fixed size by default
+  (the classifier: classes are never slimmed) or a unit's."""
+  features: int
+  in_unit: str | None
+  out_unit: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, config: Config = None, train: bool = False) -> jax.Array:
+    del train  # same in both modes; the argument keeps every slim layer's signature alike
+    x = nn.Dense(self.features, dtype=self.dtype, name='dense')(x)
+    return mask_channels(x, self.out_unit, config)
+
+
+SLIM_LAYER_TYPES = (SlimConv, SlimDense)
