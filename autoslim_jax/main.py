@@ -1,0 +1,33 @@
+r"""Runs the AutoSlim pipeline for a config.
+
+  python -m autoslim_jax.main --config=configs/quickstart.py --workdir=/tmp/autoslim_quick
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from autoslim_jax import pipeline
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, results, exports.')
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  try:
+    pipeline.run(flags.FLAGS.config, _WORKDIR.value)
+  except ValueError as e:  # bad input: say what and stop, no stack trace from deep inside
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,142 @@
+r"""Prints the MACs, params and memory of a network config.
+
+  python -m autoslim_jax.profile --model=mobilenet_v2 --width=1.0
+  python -m autoslim_jax.profile --model=mobilenet_v2 \
+      --channels='[8,8,96,16,96,16,96,24,144,24,144,24,144,56,288,56,288,56,288,56,288,96,432,96,432,96,864,240,1440,240,960,240,1440,480,1920,1000]'
+  python -m autoslim_jax.profile --model=mobilenet_v2 --layout=cifar --width=0.75 --json
+  python -m autoslim_jax.profile --model=mobilenet_v2 --channels=searched.json --per_layer
+
+``--channels`` takes a list in the official ``channel_num_list`` layout or a JSON object
+{unit: channels} (a search result or an exported ``model.json``, whose ``channels`` are read),
+inline or as a file. Definitions of the resources: ``autoslim_jax/resources.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+from absl import app
+from absl import flags
+
+from autoslim_jax import models
+from autoslim_jax import resources as resources_lib
+
+_MODEL = flags.DEFINE_string('model', 'mobilenet_v2', f'Network: one of {sorted(models.MODELS)}.')
+_LAYOUT = flags.DEFINE_string('layout', 'imagenet', 'Network layout: imagenet or cifar.')
+_WIDTH = flags.DEFINE_float('width', None, 'Uniform width multiplier, e.g. 1.0.')
+_CHANNELS = flags.DEFINE_string(
+    'channels', None, 'Channel list (official channel_num_list layout) or JSON object '
+    '{unit: channels}, inline or a file path.')
+_MAX_WIDTH = flags.DEFINE_float(
+    'max_width', None, 'Max width multiplier of the supernet the channels must fit '
+    '(default: the network\'s, 1.5x for MobileNet v2; at least --width).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input size (default: the layout\'s).')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: the layout\'s).')
+_JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
+_PER_LAYER = flags.DEFINE_bool('per_layer', False, 'Also print every layer\'s channels and MACs.')
+
+
+def read_channels(text: str) -> Any:
+  """The channel argument's JSON value, read from a file if ``text`` names one."""
+  source = 'the --channels value'
+  if os.path.exists(text):
+    source = text
+    with open(text) as f:
+      text = f.read()
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{source} is neither a file nor JSON ({e}); give a list such as '
+                     '[8, 8, 96, ...] or an object {"stem": 16, ...}') from None
+  if isinstance(value, dict) and isinstance(value.get('channels'), dict):
+    value = value['channels']  # a search result or an exported model.json
+  return value
+
+
+def config_from_value(network: models.Network, value: Any) -> dict[str, int]:
+  if isinstance(value, dict):
+    return network.channel_space().validate(value)
+  if isinstance(value, list):
+    return network.config_from_list(value)
+  raise ValueError(f'channels must be a list or a JSON object, got {type(value).__name__}')
+
+
+def profile(model: str, layout: str = 'imagenet', width: float | None = None,
+            channels: Any = None, max_width: float | None = None,
+            image_size: int | None = None, num_classes: int | None = None) -> dict[str, Any]:
+  """Resources of a uniform width or a channel config (list or dict), as a JSON-able dict."""
+  if (width is None) == (channels is None):
+    raise ValueError('give exactly one of a uniform width (--width) or channels (--channels)')
+  kwargs = dict(layout=layout, image_size=image_size, num_classes=num_classes)
+  if max_width is not None:
+    kwargs['width_mult'] = max_width
+  elif width is not None:
+    default_max = models.create_network(model, **kwargs).max_width_mult
+    kwargs['width_mult'] = max(width, default_max)
+  network = models.create_network(model, **kwargs)
+  if width is not None:
+    config = network.uniform_config(width)
+  else:
+    config = config_from_value(network, channels)
+  result = {
+      'model': network.name,
+      'layout': layout,
+      'input_shape': list(network.input_shape),
+      'num_classes': network.num_classes,
+      'max_width': network.max_width_mult,
+      'width': width,
+      **resources_lib.ResourceModel(network)(config),
+      'channels': config,
+  }
+  if network.official_layout is not None:
+    result['channel_num_list'] = network.config_to_list(config)
+  result['layers'] = [dict(layer='/'.join(layer.path), kind=layer.kind,
+                           **resources_lib.layer_resources(layer, config))
+                      for layer in network.layers]
+  return result
+
+
+def format_table(result: Mapping[str, Any], per_layer: bool = False) -> str:
+  height, width, depth = result['input_shape']
+  what = (f'uniform {result["width"]}x' if result['width'] is not None
+          else 'channel config')
+  lines = [
+      f'model    {result["model"]} ({result["layout"]} layout, {height}x{width}x{depth}, '
+      f'{result["num_classes"]} classes), {what} of the {result["max_width"]}x supernet',
+      f'MACs     {result["macs"] / 1e6:10.2f} M  ({result["macs"]:,})',
+      f'params   {result["params"] / 1e6:10.3f} M  ({result["params"]:,})',
+      f'memory   {result["memory"] / 1e6:10.3f} M  ({result["memory"]:,} elements)',
+  ]
+  if 'channel_num_list' in result:
+    lines.append(f'channel_num_list {json.dumps(result["channel_num_list"])}')
+  if per_layer:
+    lines.append(f'\n{"layer":28s} {"kind":9s} {"in":>5s} {"out":>5s} {"MACs":>12s} '
+                 f'{"params":>9s}')
+    lines += [f'{r["layer"]:28s} {r["kind"]:9s} {r["in"]:5d} {r["out"]:5d} {r["macs"]:12,d} '
+              f'{r["params"]:9,d}' for r in result['layers']]
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    channels = None if _CHANNELS.value is None else read_channels(_CHANNELS.value)
+    result = profile(_MODEL.value, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
+                     _IMAGE_SIZE.value, _NUM_CLASSES.value)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if _JSON.value:
+    if not _PER_LAYER.value:
+      del result['layers']
+    print(json.dumps(result, indent=1))
+  else:
+    print(format_table(result, _PER_LAYER.value))
+
+
+if __name__ == '__main__':
+  app.run(main)

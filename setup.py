@@ -1,0 +1,42 @@
+"""AutoSlim-JAX: one-shot search for channel numbers (AutoSlim) in JAX/Flax."""
+
+import setuptools
+
+# Versions verified together on Python 3.11 (CPU); see README.md.
+INSTALL_REQUIRES = [
+    'jax==0.10.2',
+    'jaxlib==0.10.2',
+    'flax==0.12.8',
+    'optax==0.2.8',
+    'orbax-checkpoint==0.12.8',
+    'tensorflow-datasets==4.9.10',
+    'ml-collections==1.1.0',
+    'clu==0.0.12',
+    # tf.data input pipelines and clu's metric writers need TensorFlow (the CPU build is enough,
+    # also on TPU and GPU hosts) and tensorboard.
+    'tensorflow-cpu==2.21.0',
+    'tensorboard==2.21.0',
+    # The embedded default data set (8x8 digits) ships inside scikit-learn.
+    'scikit-learn==1.9.1',
+    'absl-py==2.5.1',
+    'numpy==2.4.6',
+]
+
+EXTRAS_REQUIRE = {
+    'test': ['pytest==9.0.3', 'chex==0.1.92', 'hypothesis==6.155.2'],
+    'tpu': ['jax[tpu]==0.10.2'],
+    'gpu': ['jax[cuda12]==0.10.2'],
+}
+
+setuptools.setup(
+    name='autoslim-jax',
+    version='0.1.0',
+    description='AutoSlim (one-shot channel-number search) for JAX/Flax on TPUs and GPUs',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['autoslim_jax', 'autoslim_jax.*']),
+    python_requires='>=3.11',
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license='Apache-2.0',
+)

@@ -1,0 +1,24 @@
+"""Test set-up: 8 fake CPU devices, tiny networks shared across tests."""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def tiny_network():
+  """A 0.5x CIFAR-layout MobileNet v2 on 8x8 images: every unit has several choices."""
+  return models.create_network('mobilenet_v2', layout='cifar', width_mult=0.5, image_size=8)
+
+
+@pytest.fixture(scope='session')
+def tiny_variables(tiny_network):
+  return tiny_network.init(jax.random.key(0), batch_size=2)
