@@ -82,3 +82,10 @@ def test_main_refuses_unknown_model(tmp_path):
                '--config.model=mobilenet_v9', f'--workdir={tmp_path}', check=False)
   assert result.returncode == 2
   assert "unknown model 'mobilenet_v9'" in result.stderr
+
+
+def test_readme_python_example_runs():
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  code = readme.split('```python\n', 1)[1].split('```', 1)[0]
+  exec(compile(code, 'README.md', 'exec'), {})  # pylint: disable=exec-used
