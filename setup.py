@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     'scikit-learn==1.9.1',
     'absl-py==2.5.1',
     'numpy==2.4.6',
+    # tfds' ImageNet builder imports it when it prepares the manual download.
+    'importlib_resources==7.1.0',
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,51 +1,329 @@
-"""Data sets.
+"""Input pipelines: data sources, augmentation, and batches for every split.
 
-For now: the embedded default, scikit-learn's 8x8 handwritten digits (1,797 real images that
-ship inside the scikit-learn package, so the quickstart runs offline on a fresh machine). The
-tfds / tf.data pipelines for CIFAR-10, ImageNet and image folders come with the training issue.
+Data sets (``config.dataset.name``):
 
-Every data set gives three splits: ``train``, ``heldout`` (carved deterministically from the
-training data; the greedy search scores configs on it) and ``test`` (reported results only).
+- ``digits``: the embedded default, scikit-learn's 1,797 8x8 handwritten digits (they ship
+  inside the scikit-learn package, so the quickstart runs offline);
+- ``npz``: any ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (uint8 HWC images,
+  integer labels) at ``config.dataset.path``;
+- ``cifar10``, ``imagenet2012`` or any other tfds image classification data set, read from
+  ``config.dataset.data_dir`` (ImageNet needs the manual download tfds documents);
+- ``folder``: a user's images at ``config.dataset.path``, ``PATH/train/CLASS/*.jpg`` and
+  ``PATH/test/CLASS/*.jpg`` (tfds' ImageFolder builder).
+
+Each gives ``train`` (the training part), ``heldout`` (the first ``heldout_size`` examples of the
+training data, in the data set's fixed order: the greedy search scores configs on it, and training
+never sees it) and ``test`` (reported results only). Each process reads its own shard.
+
+The training stream is a pure function of (seed, step): epoch e is the training split shuffled
+with seed (seed, e); example i of the stream is augmented with the stateless seed (seed, i). A run
+restarted at step s builds the stream from step s and sees exactly the batches it would have.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Callable, Iterator
 
+import jax
+import ml_collections
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
-EMBEDDED_DATASETS = ('digits',)
+AUTOTUNE = tf.data.AUTOTUNE
+AUGMENTATIONS = ('none', 'shift', 'crop_flip', 'inception')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# The ImageNet files tfds expects in its manual-download folder.
+IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-  images: np.ndarray  # float32 [N, H, W, C] in [0, 1]
-  labels: np.ndarray  # int32 [N]
+@dataclasses.dataclass
+class DataSource:
+  """A data set's splits as unbatched tf.data pipelines in a fixed order, for this process."""
+  name: str
+  splits: dict[str, Callable[[], tf.data.Dataset]]  # 'train', 'heldout', 'test'
+  num_examples: dict[str, int]  # global sizes
+  image_shape: tuple[int, int, int]  # after preprocessing
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  encoded: bool = False  # images are encoded bytes (decoded in preprocessing)
 
-  def __len__(self):
-    return len(self.labels)
 
-
-def load_digits(heldout_size: int = 300, test_size: int = 297) -> dict[str, Split]:
-  """scikit-learn's digits: 8x8x1 images of 10 classes, split train / heldout / test.
-
-  The split is a fixed permutation (seed 0), so every run and every host sees the same one.
-  """
+def load_digits_arrays() -> dict[str, np.ndarray]:
+  """scikit-learn's digits as uint8 8x8x1 images, split train / test with a fixed permutation."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
 
   digits = datasets.load_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
-  labels = digits.target.astype(np.int32)
-  if heldout_size + test_size >= len(labels):
-    raise ValueError(f'digits has {len(labels)} images: heldout_size {heldout_size} + '
-                     f'test_size {test_size} leaves none for training')
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int64)
   order = np.random.RandomState(0).permutation(len(labels))
-  test, heldout, train = np.split(order, [test_size, test_size + heldout_size])
-  return {name: Split(images[idx], labels[idx])
-          for name, idx in (('train', train), ('heldout', heldout), ('test', test))}
+  test, train = order[:297], order[297:]
+  return {'x_train': images[train], 'y_train': labels[train], 'x_test': images[test],
+          'y_test': labels[test]}
 
 
-def load_dataset(name: str, heldout_size: int) -> dict[str, Split]:
+def load_npz_arrays(path: str) -> dict[str, np.ndarray]:
+  if not os.path.exists(path):
+    raise ValueError(f'npz data set: no file at {path!r} (config.dataset.path)')
+  with np.load(path) as data:
+    missing = [k for k in ('x_train', 'y_train', 'x_test', 'y_test') if k not in data]
+    if missing:
+      raise ValueError(f'npz data set {path!r} lacks arrays {missing}; it needs x_train, '
+                       'y_train, x_test, y_test')
+    arrays = {k: data[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
+  for split in ('train', 'test'):
+    x, y = arrays[f'x_{split}'], arrays[f'y_{split}']
+    if x.ndim == 3:
+      arrays[f'x_{split}'] = x = x[..., None]
+    if x.ndim != 4 or x.dtype != np.uint8 or len(x) != len(y):
+      raise ValueError(f'npz data set {path!r}: x_{split} must be uint8 [N, H, W, C] with one '
+                       f'label per image; got {x.dtype} {x.shape} and {len(y)} labels')
+  return arrays
+
+
+def array_source(name: str, arrays: dict[str, np.ndarray], heldout_size: int,
+                 mean, std) -> DataSource:
+  """A source from in-memory arrays; the held-out part is the first ``heldout_size`` images."""
+  x_train, y_train = arrays['x_train'], arrays['y_train'].astype(np.int64)
+  check_heldout_size(name, heldout_size, len(y_train))
+  parts = {
+      'train': (x_train[heldout_size:], y_train[heldout_size:]),
+      'heldout': (x_train[:heldout_size], y_train[:heldout_size]),
+      'test': (arrays['x_test'], arrays['y_test'].astype(np.int64)),
+  }
+
+  def split_fn(images, labels):
+    return lambda: shard_for_process(
+        tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels}))
+
+  channels = x_train.shape[-1]
+  return DataSource(
+      name=name, splits={k: split_fn(*v) for k, v in parts.items()},
+      num_examples={k: len(v[1]) for k, v in parts.items()},
+      image_shape=tuple(x_train.shape[1:]),
+      num_classes=int(max(y_train.max(), arrays['y_test'].max()) + 1),
+      mean=tuple(mean[:channels]) if channels == 3 else (0.5,) * channels,
+      std=tuple(std[:channels]) if channels == 3 else (0.25,) * channels)
+
+
+def check_heldout_size(name: str, heldout_size: int, train_size: int) -> None:
+  if not 0 < heldout_size < train_size:
+    raise ValueError(f'{name}: dataset.heldout_size {heldout_size} must be in 1..'
+                     f'{train_size - 1} (the training data has {train_size} examples)')
+
+
+def shard_for_process(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  if jax.process_count() == 1:
+    return dataset
+  return dataset.shard(jax.process_count(), jax.process_index())
+
+
+def tfds_source(name: str, data_config: ml_collections.ConfigDict) -> DataSource:
+  """A tfds data set; the held-out part is ``train[:heldout_size]``."""
+  if name == 'folder':
+    if not os.path.isdir(os.path.join(data_config.path or '', 'train')):
+      raise ValueError(f'image folder {data_config.path!r} (config.dataset.path) has no train/ '
+                       'folder; lay it out as PATH/train/CLASS/image.jpg and PATH/test/CLASS/...')
+    builder = tfds.ImageFolder(data_config.path)
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=data_config.data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(f'unknown data set {name!r}: not digits, npz, folder or a tfds data set'
+                       ) from None
+    prepare(builder, name, data_config)
+  test_split = 'test' if name != 'imagenet2012' else 'validation'
+  heldout = data_config.heldout_size
+  split_names = {'train': f'train[{heldout}:]', 'heldout': f'train[:{heldout}]',
+                 'test': test_split}
+  encoded = 'image' in builder.info.features and name in ('imagenet2012', 'folder')
+  decoders = {'image': tfds.decode.SkipDecoding()} if encoded else None
+
+  def split_fn(split):
+    def make():
+      dataset = builder.as_dataset(split=tfds.split_for_jax_process(split),
+                                   shuffle_files=False, decoders=decoders,
+                                   read_config=tfds.ReadConfig(shuffle_seed=0))
+      return dataset.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
+    return make
+
+  num_examples = {k: split_size(builder, v) for k, v in split_names.items()}
+  check_heldout_size(name, heldout, num_examples['train'] + num_examples['heldout'])
+  image_size = data_config.image_size
+  if encoded:
+    shape, mean, std = (image_size, image_size, 3), IMAGENET_MEAN, IMAGENET_STD
+  else:
+    shape = tuple(builder.info.features['image'].shape)
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if shape[-1] == 3 else ((0.5,), (0.25,))
+  return DataSource(
+      name=name, splits={k: split_fn(v) for k, v in split_names.items()},
+      num_examples=num_examples, image_shape=shape,
+      num_classes=builder.info.features['label'].num_classes, mean=mean, std=std,
+      encoded=encoded)
+
+
+def prepare(builder, name: str, data_config: ml_collections.ConfigDict) -> None:
+  """Prepares a tfds data set if it is not there yet (ImageNet: from the manual download)."""
+  if builder.info.splits:  # prepared (or mocked with its metadata)
+    return
+  if name == 'imagenet2012':
+    manual_dir = data_config.manual_dir or os.path.join(
+        os.path.expanduser('~'), 'tensorflow_datasets', 'downloads', 'manual')
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as e:  # pylint: disable=broad-except  # tfds raises several kinds here
+      raise ValueError(
+          f'imagenet2012 is not prepared in {builder.data_dir!r} and could not be prepared from '
+          f'the manual download: put {", ".join(IMAGENET_MANUAL_FILES)} (from image-net.org) in '
+          f'{manual_dir!r} (config.dataset.manual_dir) and rerun; tfds prepares it once. '
+          f'({type(e).__name__}: {e})') from None
+  else:
+    builder.download_and_prepare()
+
+
+def split_size(builder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError):  # no split metadata (tfds' mock data): count the examples
+    return int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
+
+
+def create_source(data_config: ml_collections.ConfigDict) -> DataSource:
+  """The data set ``data_config.name`` (see the module docstring)."""
+  name = data_config.name
   if name == 'digits':
-    return load_digits(heldout_size=heldout_size)
-  raise ValueError(f'unknown data set {name!r}; available here: {list(EMBEDDED_DATASETS)}')
+    return array_source(name, load_digits_arrays(), data_config.heldout_size, CIFAR_MEAN,
+                        CIFAR_STD)
+  if name == 'npz':
+    return array_source(f'npz:{data_config.path}', load_npz_arrays(data_config.path),
+                        data_config.heldout_size, CIFAR_MEAN, CIFAR_STD)
+  return tfds_source(name, data_config)
+
+
+# Preprocessing.
+
+
+def normalize(image: tf.Tensor, source: DataSource) -> tf.Tensor:
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - tf.constant(source.mean)) / tf.constant(source.std)
+
+
+def decode_and_random_crop(image_bytes, seed, size: int, scale=(0.25, 1.0)):
+  """Inception-style crop: a random box of ``scale`` of the area, aspect 3/4..4/3, resized."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=scale,
+      aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True)
+  image = tf.slice(image, begin, crop_size)
+  return tf.image.resize(image, (size, size), method='bilinear', antialias=True)
+
+
+def decode_and_center_crop(image_bytes, size: int, crop_fraction: float = 0.875):
+  """Resize the shorter side to size / 0.875 (256 for 224), then crop the centre."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  shape = tf.shape(image)
+  scale = (size / crop_fraction) / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+  new_size = tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32)
+  image = tf.image.resize(image, new_size, method='bilinear', antialias=True)
+  top, left = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def train_preprocess(example, seed, source: DataSource, augmentation: str):
+  """Augments one training example with the stateless ``seed`` (shape [2])."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = example['image']
+  height, width, channels = source.image_shape
+  if augmentation == 'inception':
+    image = decode_and_random_crop(image, crop_seed, height)
+  elif source.encoded:
+    image = decode_and_center_crop(image, height)
+  if augmentation in ('shift', 'crop_flip'):
+    pad = 1 if augmentation == 'shift' else 4
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, (height, width, channels), crop_seed)
+  if augmentation in ('crop_flip', 'inception'):
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = tf.ensure_shape(image, source.image_shape)
+  return {'image': normalize(image, source), 'label': tf.cast(example['label'], tf.int32)}
+
+
+def eval_preprocess(example, source: DataSource):
+  image = example['image']
+  if source.encoded:
+    image = decode_and_center_crop(image, source.image_shape[0])
+  image = tf.ensure_shape(image, source.image_shape)
+  return {'image': normalize(image, source), 'label': tf.cast(example['label'], tf.int32)}
+
+
+# Batches.
+
+
+def ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def steps_per_epoch(source: DataSource, global_batch_size: int) -> int:
+  """Whole batches per epoch, equal on every process."""
+  per_process = global_batch_size // jax.process_count()
+  steps = source.num_examples['train'] // jax.process_count() // per_process
+  if steps < 1:
+    raise ValueError(f'{source.name}: batch size {global_batch_size} exceeds the '
+                     f'{source.num_examples["train"]} training examples')
+  return steps
+
+
+def train_batches(source: DataSource, global_batch_size: int, seed: int, start_step: int,
+                  augmentation: str, shuffle_buffer: int, cache: bool
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's training batches from ``start_step`` on, forever (see module docstring)."""
+  if augmentation not in AUGMENTATIONS:
+    raise ValueError(f'unknown augmentation {augmentation!r}; valid: {list(AUGMENTATIONS)}')
+  per_process = global_batch_size // jax.process_count()
+  steps = steps_per_epoch(source, global_batch_size)
+  start_epoch, offset = divmod(start_step, steps)
+  base = source.splits['train']()
+  if cache:
+    base = base.cache()
+
+  def epoch(index):
+    shuffle_seed = tf.cast(seed, tf.int64) * 1_000_003 + index
+    return base.shuffle(shuffle_buffer, seed=shuffle_seed,
+                        reshuffle_each_iteration=False).take(steps * per_process)
+
+  dataset = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
+  dataset = dataset.skip(offset * per_process)
+  dataset = dataset.enumerate(start=start_step * per_process)
+  example_seed = seed * 7919 + jax.process_index()
+  dataset = dataset.map(
+      lambda i, ex: train_preprocess(ex, tf.stack([tf.cast(example_seed, tf.int64), i]), source,
+                                     augmentation),
+      num_parallel_calls=AUTOTUNE, deterministic=True)
+  dataset = dataset.batch(per_process, drop_remainder=True).prefetch(AUTOTUNE)
+  return dataset.as_numpy_iterator()
+
+
+def eval_batches(source: DataSource, split: str, global_batch_size: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Every example of ``split`` exactly once, in batches of one size.
+
+  The last batch is filled up with examples from the split's start whose ``mask`` is 0: real
+  images, so that BatchNorm in batch-statistics mode sees a normal batch, but not counted.
+  """
+  per_process = global_batch_size // jax.process_count()
+  size = source.num_examples[split]
+  # Every process runs the same number of batches (its shard has at most ceil(size / count)).
+  num_batches = ceil_div(ceil_div(size, jax.process_count()), per_process)
+  dataset = source.splits[split]().map(lambda ex: eval_preprocess(ex, source),
+                                       num_parallel_calls=AUTOTUNE, deterministic=True)
+  real = dataset.map(lambda ex: {**ex, 'mask': tf.constant(1.0)})
+  filler = dataset.repeat().map(lambda ex: {**ex, 'mask': tf.constant(0.0)})
+  padded = real.concatenate(filler).take(num_batches * per_process)
+  return padded.batch(per_process, drop_remainder=True).prefetch(AUTOTUNE).as_numpy_iterator()

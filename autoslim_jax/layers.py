@@ -23,6 +23,12 @@ import jax.numpy as jnp
 
 Config = Mapping[str, jax.Array | int] | None
 
+# The reference (PyTorch / torchvision) initialisation of MobileNets and ResNets: He-normal over
+# fan-out for convs, N(0, 0.01) for the classifier. Flax's default (LeCun over fan-in) gives the
+# CIFAR MobileNet v2 a gradient norm ~4x larger at the first step, and SGD at lr 0.1 diverges.
+CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+DENSE_INIT = nn.initializers.normal(0.01)
+
 
 def mask_channels(x: jax.Array, unit: str | None, config: Config) -> jax.Array:
   """Zeroes the channels (last axis) of ``x`` beyond the unit's active count."""
@@ -61,7 +67,7 @@ class SlimConv(nn.Module):
         self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
         padding=((pad, pad), (pad, pad)),
         feature_group_count=x.shape[-1] if self.depthwise else 1,
-        use_bias=not self.batch_norm, dtype=self.dtype, name='conv')(x)
+        use_bias=not self.batch_norm, kernel_init=CONV_INIT, dtype=self.dtype, name='conv')(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)
@@ -81,7 +87,7 @@ class SlimDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, config: Config = None, train: bool = False) -> jax.Array:
     del train  # same in both modes; the argument keeps every slim layer's signature alike
-    x = nn.Dense(self.features, dtype=self.dtype, name='dense')(x)
+    x = nn.Dense(self.features, kernel_init=DENSE_INIT, dtype=self.dtype, name='dense')(x)
     return mask_channels(x, self.out_unit, config)
 
 

@@ -1,10 +1,10 @@
 """The AutoSlim pipeline behind ``python -m autoslim_jax.main``.
 
-Today it runs the stages that exist: it builds the supernet the config describes, profiles its
-max and min networks, scores max, min and random configs on the held-out split through one
-compiled function, and exports the max and min networks as physically slim models, checking
-that each gives the masked supernet's logits. Supernet training, greedy search and retraining
-are the next stages to land (see the README).
+Today it runs the stages that exist: it trains (or resumes, or restores) the supernet the
+config describes, scores its max, min and random configs on the whole held-out split through one
+compiled function with their MACs, params and memory, and exports the max and min networks as
+physically slim models, checking that each gives the masked supernet's logits. Greedy search,
+BN calibration and retraining are the next stages to land (see the README).
 """
 
 from __future__ import annotations
@@ -17,31 +17,32 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
+from autoslim_jax import defaults
 from autoslim_jax import evaluate
 from autoslim_jax import export
 from autoslim_jax import input_pipeline
 from autoslim_jax import models
+from autoslim_jax import parallel
 from autoslim_jax import resources as resources_lib
+from autoslim_jax import train
 
-CONFIG_KEYS = ('model', 'model_kwargs', 'dataset', 'heldout_size', 'groups', 'min_width',
-               'eval_batch_size', 'num_random_configs', 'seed')
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses unknown or missing keys: a misspelled key must not silently fall back."""
-  unknown = sorted(set(config.keys()) - set(CONFIG_KEYS))
-  missing = sorted(set(CONFIG_KEYS) - set(config.keys()))
-  if unknown or missing:
-    raise ValueError(f'config keys: unknown {unknown}, missing {missing}; the keys are '
-                     f'{list(CONFIG_KEYS)}')
+NUM_RANDOM_CONFIGS = 8  # random configs scored after training, besides max and min
 
 
-def build_network(config: ml_collections.ConfigDict):
+def check_data_fits(network, source) -> None:
+  if tuple(source.image_shape) != network.input_shape:
+    raise ValueError(f'the data set {source.name} has images of shape {source.image_shape} but '
+                     f'the network takes {network.input_shape}; set config.model_kwargs '
+                     f'(image_size, in_channels) or config.dataset.image_size to match')
+  if source.num_classes > network.num_classes:
+    raise ValueError(f'the data set {source.name} has {source.num_classes} classes but the '
+                     f'network has {network.num_classes} outputs (config.model_kwargs.num_classes)')
+
+def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
   """The network and its channel space from a config."""
-  network = models.create_network(config.model, **config.model_kwargs.to_dict())
+  network = models.create_network(config.model, dtype=dtype, **config.model_kwargs.to_dict())
   if not 0 < config.min_width <= network.max_width_mult:
     raise ValueError(f'min_width {config.min_width} must be in (0, max width '
                      f'{network.max_width_mult}]')
@@ -50,46 +51,48 @@ def build_network(config: ml_collections.ConfigDict):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  check_config(config)
+  """Checks the config, trains (or resumes) the supernet, then scores and exports configs."""
+  defaults.check_config(config)
   network, space = build_network(config)
-  data = input_pipeline.load_dataset(config.dataset, config.heldout_size)
+  training_network, _ = build_network(config, config.supernet.compute_dtype)
+  source = input_pipeline.create_source(config.dataset)
+  check_data_fits(network, source)
   os.makedirs(workdir, exist_ok=True)
   logging.info('%s; %s', network, space)
-  logging.info('data %s: %s', config.dataset,
-               ', '.join(f'{name} {len(split)}' for name, split in data.items()))
+  logging.info('data %s: %s', source.name,
+               ', '.join(f'{name} {count}' for name, count in source.num_examples.items()))
 
+  state = train.train_supernet(config, os.path.join(workdir, 'supernet'), training_network,
+                               space, source)
+  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  key_configs = jax.random.key(config.seed + 1)
   resource_model = resources_lib.ResourceModel(network)
-  key_init, key_configs = jax.random.split(jax.random.key(config.seed))
-  variables = network.init(key_init)
   supernet = network.supernet()
-
-  @jax.jit
-  def score(variables, images, labels, channel_config):
-    logits = evaluate.logits_with_batch_stats(supernet, variables, images, channel_config)
-    return evaluate.metrics(logits, labels)
+  mesh = parallel.make_mesh()
+  eval_step = evaluate.make_batch_stats_eval_step(supernet, mesh)
 
   named_configs = [('max', space.max_config()), ('min', space.min_config())]
   sample = jax.jit(space.sample)
-  for i, key in enumerate(jax.random.split(key_configs, config.num_random_configs)):
+  for i, key in enumerate(jax.random.split(key_configs, NUM_RANDOM_CONFIGS)):
     named_configs.append((f'random{i}', {n: int(c) for n, c in sample(key).items()}))
 
-  heldout = data['heldout']
   rows = []
   start = time.perf_counter()
   for name, channel_config in named_configs:
-    scores = score(variables, heldout.images[:config.eval_batch_size],
-                   heldout.labels[:config.eval_batch_size], space.as_arrays(channel_config))
-    rows.append({'name': name, **resource_model(channel_config),
-                 **{k: float(v) for k, v in scores.items()}})
-    logging.info('%-8s MACs %8.3fM params %7.4fM memory %7.4fM held-out accuracy %.3f loss %.3f',
+    scores = evaluate.evaluate_config(
+        eval_step, variables,
+        input_pipeline.eval_batches(source, 'heldout', config.supernet.eval_batch_size),
+        space.as_arrays(channel_config), mesh)
+    rows.append({'name': name, **resource_model(channel_config), **scores})
+    logging.info('%-8s MACs %8.3fM params %7.4fM memory %7.4fM held-out accuracy %.4f loss %.4f',
                  name, rows[-1]['macs'] / 1e6, rows[-1]['params'] / 1e6,
                  rows[-1]['memory'] / 1e6, rows[-1]['accuracy'], rows[-1]['loss'])
-  compilations = score._cache_size()  # pylint: disable=protected-access
-  logging.info('scored %d configs in %.1fs with %d compilation(s)', len(rows),
-               time.perf_counter() - start, compilations)
+  compilations = eval_step._cache_size()  # pylint: disable=protected-access
+  logging.info('scored %d configs on all %d held-out images in %.1fs with %d compilation(s)',
+               len(rows), rows[0]['count'], time.perf_counter() - start, compilations)
 
   exports = {}
-  test_images = data['test'].images[:64]
+  test_images = next(input_pipeline.eval_batches(source, 'test', 64))['image']
   for name, channel_config in named_configs[:2]:
     module, slim_vars = export.export_slim(network, variables, channel_config)
     directory = os.path.join(workdir, 'export', name)
@@ -119,4 +122,5 @@ def print_summary(rows, workdir: str) -> None:
           f'{row["memory"] / 1e6:10.4f} {row["accuracy"]:12.3f}')
   print(f'\nresults: {os.path.join(workdir, "summary.json")}; slim exports: '
         f'{os.path.join(workdir, "export")}')
-  print('note: the supernet is untrained until the training stage lands (accuracy ~ chance).')
+  print('held-out accuracy: the supernet with BatchNorm in batch-statistics mode, as the greedy '
+        'search will score configs (the search stage is next).')

@@ -1,31 +1,42 @@
-r"""Quickstart: a tiny slimmable MobileNet v2 on the embedded digits data set.
+r"""Quickstart: a small slimmable MobileNet v2 supernet on the embedded digits data set.
 
 Command:  python -m autoslim_jax.main --config=configs/quickstart.py --workdir=/tmp/autoslim_quick
-Hardware: any CPU (no accelerator, no data download: the 1,797 8x8 digits ship in scikit-learn).
-Run time: about a minute on a 2-core machine, most of it compilation.
-Expected: the supernet's resources at max and min width, its held-out accuracy for max, min and
-  random configs from one compiled function (about chance, 10%: supernet training arrives with
-  the training issue), and slim exports of the max and min networks in WORKDIR/export whose
-  logits equal the masked supernet's.
+Hardware: any CPU; no accelerator and no download (the 1,797 8x8 digits ship in scikit-learn).
+Run time: about 3 minutes on a 2-core machine (a third of it compilation).
+Expected: the supernet trains 60 steps (batch 64, 3.2 epochs) with the sandwich rule, then its
+  max network reaches roughly 80-90% held-out accuracy and its min network somewhat less (BatchNorm
+  in batch-statistics mode); random configs score between. Slim exports of the max and min
+  networks land in WORKDIR/export, their logits equal to the masked supernet's. Rerunning the
+  command resumes from WORKDIR/supernet/checkpoints (a finished run only rescores and exports).
 """
 
-import ml_collections
+from autoslim_jax import defaults
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = 'mobilenet_v2'
-  # Factory arguments of the network (autoslim_jax.models): the CIFAR layout (total stride 8)
-  # fits 8x8 digits; width_mult is the supernet's max width.
-  config.model_kwargs = ml_collections.ConfigDict(dict(
-      layout='cifar', width_mult=0.5, image_size=8, in_channels=1, num_classes=10))
-  config.dataset = 'digits'
-  config.heldout_size = 300
-  # Channel groups per unit (G) and the narrowest width, as a multiplier of the 1.0x network:
-  # k_min = ceil(G * min_width / width_mult).
-  config.groups = 12
-  config.min_width = 0.15
-  config.eval_batch_size = 300
-  config.num_random_configs = 8  # random configs scored besides max and min
-  config.seed = 0
+def get_config():
+  config = defaults.get_default_config()
+  # The CIFAR layout (total stride 8) fits 8x8 digits; a 0.5x max width keeps it small.
+  config.model_kwargs.layout = 'cifar'
+  config.model_kwargs.width_mult = 0.5
+  config.model_kwargs.image_size = 8
+  config.model_kwargs.in_channels = 1
+  config.model_kwargs.num_classes = 10
+
+  config.dataset.name = 'digits'
+  config.dataset.heldout_size = 300
+  config.dataset.augmentation = 'shift'
+  config.dataset.shuffle_buffer = 1500
+  config.dataset.cache = True
+
+  config.supernet.batch_size = 64
+  config.supernet.num_epochs = 6.0
+  config.supernet.base_learning_rate = 0.03
+  config.supernet.base_batch_size = 64
+  config.supernet.schedule = 'cosine'
+  config.supernet.warmup_epochs = 0.5
+  config.supernet.weight_decay = 5e-5
+  config.supernet.log_every_steps = 10
+  config.supernet.eval_every_steps = 50
+  config.supernet.checkpoint_every_steps = 50
+  config.supernet.eval_batch_size = 304  # the whole held-out split in one batch
   return config

@@ -1,0 +1,87 @@
+"""Every config field, with its default. Config files start from ``get_default_config()`` and
+change a few fields; a key not in here is an error (``check_config``), so a misspelled key can
+never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+import ml_collections
+
+from autoslim_jax import models
+
+
+def get_default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # The network: a registry name and its factory's arguments (autoslim_jax/models). width_mult is
+  # the supernet's max width: 1.5x for the mobile nets in the paper.
+  config.model = 'mobilenet_v2'
+  config.model_kwargs = ml_collections.ConfigDict(dict(layout='imagenet', width_mult=1.5))
+
+  # Channel groups per unit (G) and the narrowest width, as a multiplier of the 1.0x network:
+  # k_min = ceil(G * min_width / max width), 2 of 12 for 0.15x in a 1.5x supernet.
+  config.groups = 12
+  config.min_width = 0.15
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'imagenet2012'  # digits | npz | folder | cifar10 | imagenet2012 | tfds
+  config.dataset.path = ''  # npz file or image folder
+  config.dataset.data_dir = ''  # tfds data dir ('' = tfds' default, ~/tensorflow_datasets)
+  config.dataset.manual_dir = ''  # ImageNet's manual download ('' = tfds' default)
+  config.dataset.heldout_size = 50_000  # carved from the training data for the search
+  config.dataset.image_size = 224  # for data sets of encoded images (ImageNet, folders)
+  config.dataset.augmentation = 'inception'  # none | shift | crop_flip | inception
+  config.dataset.shuffle_buffer = 16_384
+  config.dataset.cache = False  # keep the decoded training split in memory (small data sets)
+
+  # Stage 1: the supernet (sandwich rule + inplace distillation).
+  config.supernet = ml_collections.ConfigDict()
+  config.supernet.batch_size = 2048  # global, divisible by the number of devices
+  config.supernet.num_epochs = 50.0
+  config.supernet.num_sandwich = 4  # max, min and num_sandwich - 2 random sub-networks
+  config.supernet.label_smoothing = 0.1  # of the max network's labels
+  config.supernet.optimizer = 'sgd'  # sgd (nesterov momentum) | adamw
+  config.supernet.momentum = 0.9
+  # Learning rate = base_learning_rate * batch_size / base_batch_size (paper: 0.5 at 2048).
+  config.supernet.base_learning_rate = 0.5
+  config.supernet.base_batch_size = 2048
+  config.supernet.schedule = 'linear'  # linear | cosine decay to 0 after the warm-up
+  config.supernet.warmup_epochs = 0.0
+  config.supernet.weight_decay = 1e-4  # not on depthwise kernels, BatchNorm or biases
+  config.supernet.compute_dtype = 'float32'  # float32 | bfloat16 (params stay float32)
+  config.supernet.log_every_steps = 100
+  config.supernet.eval_every_steps = 5000  # held-out accuracy of max and min; 0 = at the end
+  config.supernet.checkpoint_every_steps = 1000
+  config.supernet.checkpoints_to_keep = 3
+  config.supernet.eval_batch_size = 2048  # also the BatchNorm batch of held-out evaluation
+  return config
+
+
+def _check_keys(config, defaults, prefix: str) -> None:
+  for key in config.keys():
+    if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults.keys()), n=1)
+      hint = f' (did you mean {prefix}{close[0]!r}?)' if close else ''
+      raise ValueError(f'unknown config key {prefix}{key!r}{hint}; valid keys here: '
+                       f'{sorted(defaults.keys())}')
+    if key != 'model_kwargs' and isinstance(defaults[key], ml_collections.ConfigDict):
+      _check_keys(config[key], defaults[key], f'{prefix}{key}.')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses unknown keys (with a suggestion) and model arguments the model does not take."""
+  _check_keys(config, get_default_config(), '')
+  if config.model not in models.MODELS:
+    models.create_network(config.model)  # raises the unknown-model message
+  parameters = inspect.signature(models.MODELS[config.model]).parameters
+  for key in config.model_kwargs.keys():
+    if key not in parameters:
+      raise ValueError(f'config.model_kwargs.{key} is not an argument of {config.model}; valid: '
+                       f'{sorted(parameters)}')
+  if config.supernet.num_sandwich < 2:
+    raise ValueError(f'supernet.num_sandwich must be >= 2 (max and min), got '
+                     f'{config.supernet.num_sandwich}')

@@ -1,0 +1,273 @@
+"""Supernet training: the sandwich rule with inplace distillation, data parallel, resumable.
+
+Every step, every device draws its own sub-networks (design.md, section 2): the max, the min and
+``num_sandwich - 2`` random configs (each unit's width drawn independently), from a key folded
+with the step and the device index, so a restarted run draws the same ones. The max network
+learns from the labels (with label smoothing), the others from the max network's
+``stop_gradient`` soft predictions; the losses are summed, the gradients averaged over devices,
+and one optimizer update applied.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers
+from flax import traverse_util
+from flax.training import train_state
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from autoslim_jax import channels as channels_lib
+from autoslim_jax import evaluate
+from autoslim_jax import input_pipeline
+from autoslim_jax import parallel
+from autoslim_jax.models.base import Network
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def weight_decay_mask(network: Network, params) -> Any:
+  """True for conv and dense kernels, except depthwise ones; False for BatchNorm and biases."""
+  kinds = {layer.path: layer.kind for layer in network.layers}
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  return traverse_util.unflatten_dict({
+      key: key[-1] == 'kernel' and kinds.get(tuple(key[:-2])) != 'depthwise'
+      for key in flat})
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+                           total_steps: int) -> optax.Schedule:
+  """Peak lr scaled with the batch size; optional linear warm-up; linear or cosine decay to 0."""
+  peak = cfg.base_learning_rate * cfg.batch_size / cfg.base_batch_size
+  warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+  decay_steps = max(1, total_steps - warmup)
+  if cfg.schedule == 'linear':
+    decay = optax.linear_schedule(peak, 0.0, decay_steps)
+  elif cfg.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps)
+  else:
+    raise ValueError(f'unknown schedule {cfg.schedule!r}; valid: linear, cosine')
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def create_optimizer(cfg: ml_collections.ConfigDict, network: Network, params,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  mask = weight_decay_mask(network, params)
+  if cfg.optimizer == 'sgd':
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask),
+                       optax.sgd(schedule, momentum=cfg.momentum, nesterov=True))
+  if cfg.optimizer == 'adamw':
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)
+  raise ValueError(f'unknown optimizer {cfg.optimizer!r}; valid: sgd, adamw')
+
+
+def create_train_state(network: Network, key: jax.Array, make_tx: Callable) -> TrainState:
+  variables = network.init(key)
+  tx = make_tx(variables['params'])
+  return TrainState.create(apply_fn=network.supernet().apply, params=variables['params'],
+                           batch_stats=variables['batch_stats'], tx=tx)
+
+
+def sandwich_configs(space: channels_lib.ChannelSpace, key: jax.Array, num_sandwich: int
+                     ) -> list[dict[str, jax.Array]]:
+  """Max, min and ``num_sandwich - 2`` random configs."""
+  configs = [space.as_arrays(space.max_config()), space.as_arrays(space.min_config())]
+  return configs + [space.sample(k) for k in jax.random.split(key, num_sandwich - 2)]
+
+
+def device_key(seed: int, step: jax.Array, device: jax.Array) -> jax.Array:
+  """The key of one device at one step: the same (seed, step, device), the same draws."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device)
+
+
+def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
+                  configs: Sequence[Mapping[str, jax.Array]], num_classes: int,
+                  label_smoothing: float):
+  """Sum of the sandwich losses; the max network (``configs[0]``) learns from the labels.
+
+  Returns (total, (per-member losses, max logits, min logits, batch_stats after the max pass)).
+  The running statistics follow the max network; other configs get theirs by calibration.
+  """
+  variables = {'params': params, 'batch_stats': batch_stats}
+  max_logits, state = module.apply(variables, images, configs[0], train=True,
+                                   mutable=['batch_stats'])
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  losses = [optax.softmax_cross_entropy(max_logits, targets).mean()]
+  teacher = jax.lax.stop_gradient(jax.nn.softmax(max_logits))  # inplace distillation
+  min_logits = None
+  for config in configs[1:]:
+    logits, _ = module.apply(variables, images, config, train=True, mutable=['batch_stats'])
+    losses.append(optax.softmax_cross_entropy(logits, teacher).mean())
+    min_logits = logits if min_logits is None else min_logits
+  return sum(losses), (jnp.stack(losses), max_logits, min_logits, state['batch_stats'])
+
+
+def make_train_step(network: Network, space: channels_lib.ChannelSpace,
+                    cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh,
+                    schedule: optax.Schedule):
+  """The jitted data-parallel step: (state, sharded batch) -> (state, metrics)."""
+  module = network.supernet()
+  num_devices = mesh.size
+
+  def per_device(state: TrainState, batch):
+    device = jax.lax.axis_index(parallel.DATA_AXIS)
+    configs = sandwich_configs(space, device_key(seed, state.step, device), cfg.num_sandwich)
+    loss_fn = functools.partial(
+        sandwich_loss, module=module, images=batch['image'], labels=batch['label'],
+        configs=configs, num_classes=network.num_classes, label_smoothing=cfg.label_smoothing)
+    (total, (losses, max_logits, min_logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params, state.batch_stats)
+    # Inside shard_map the gradient of the replicated params already comes back summed over
+    # devices (the transpose of the implicit broadcast is a psum): divide once for the mean.
+    grads = jax.tree_util.tree_map(lambda g: g / num_devices, grads)
+    mean = functools.partial(jax.lax.pmean, axis_name=parallel.DATA_AXIS)
+    batch_stats = mean(batch_stats)
+    total = mean(total)
+    finite = jnp.isfinite(total) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # A non-finite step leaves the state as it was: no bad state can reach a checkpoint.
+    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated,
+                                       state)
+    metrics = {'loss': total, 'finite': finite.astype(jnp.float32),
+               'learning_rate': schedule(state.step),
+               'max_accuracy': mean(jnp.mean(jnp.argmax(max_logits, -1) == batch['label'])),
+               'min_accuracy': mean(jnp.mean(jnp.argmax(min_logits, -1) == batch['label']))}
+    losses = mean(losses)
+    metrics.update({'loss_max': losses[0], 'loss_min': losses[1]})
+    metrics.update({f'loss_random{i}': losses[i + 2] for i in range(cfg.num_sandwich - 2)})
+    return new_state, metrics
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)),
+                       out_specs=(P(), P()))
+  return jax.jit(step, donate_argnums=0)
+
+
+class Checkpoints:
+  """Orbax checkpoints of the train state under ``directory``."""
+
+  def __init__(self, directory: str, max_to_keep: int):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, state: TrainState) -> None:
+    self.manager.save(int(state.step), args=ocp.args.StandardSave(
+        flax.serialization.to_state_dict(state)))
+
+  def restore(self, state: TrainState, step: int | None = None) -> TrainState:
+    step = self.latest_step() if step is None else step
+    target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                    flax.serialization.to_state_dict(state))
+    restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+    return flax.serialization.from_state_dict(state, restored)
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Network,
+                   space: channels_lib.ChannelSpace, source: input_pipeline.DataSource
+                   ) -> TrainState:
+  """Trains (or resumes, or just restores a finished) supernet in ``workdir``."""
+  cfg = config.supernet
+  parallel.check_batch_size(cfg.batch_size, 'supernet.batch_size')
+  parallel.check_batch_size(cfg.eval_batch_size, 'supernet.eval_batch_size')
+  mesh = parallel.make_mesh()
+  steps_per_epoch = input_pipeline.steps_per_epoch(source, cfg.batch_size)
+  total_steps = max(1, int(round(cfg.num_epochs * steps_per_epoch)))
+  schedule = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
+  state = create_train_state(
+      network, jax.random.key(config.seed),
+      lambda params: create_optimizer(cfg, network, params, schedule))
+  state = parallel.replicate(state, mesh)
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), cfg.checkpoints_to_keep)
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(state)
+    logging.info('supernet: resumed from the checkpoint of step %d', int(state.step))
+  start_step = int(state.step)
+  if start_step >= total_steps:
+    logging.info('supernet: training complete (%d steps)', total_steps)
+    checkpoints.close()
+    return state
+
+  logging.info('supernet: %d steps (%.2f epochs of %d steps, batch %d on %d devices), from step '
+               '%d', total_steps, cfg.num_epochs, steps_per_epoch, cfg.batch_size,
+               jax.device_count(), start_step)
+  train_step = make_train_step(network, space, cfg, config.seed, mesh, schedule)
+  eval_step = evaluate.make_batch_stats_eval_step(network.supernet(), mesh)
+  batches = input_pipeline.train_batches(
+      source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation,
+      config.dataset.shuffle_buffer, config.dataset.cache)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+
+  def evaluate_max_and_min(step: int) -> None:
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    scalars = {}
+    for name, chosen in (('max', space.max_config()), ('min', space.min_config())):
+      result = evaluate.evaluate_config(
+          eval_step, variables,
+          input_pipeline.eval_batches(source, 'heldout', cfg.eval_batch_size),
+          space.as_arrays(chosen), mesh)
+      scalars[f'heldout_accuracy_{name}'] = result['accuracy']
+      scalars[f'heldout_loss_{name}'] = result['loss']
+    writer.write_scalars(step, scalars)
+
+  pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh))
+      pending.append(metrics)
+      is_last = step == total_steps
+      if step % cfg.log_every_steps == 0 or is_last:
+        history = jax.device_get(pending)
+        bad = [step - len(history) + 1 + i for i, m in enumerate(history) if not m['finite']]
+        if bad:
+          raise NonFiniteLossError(
+              f'supernet: non-finite loss or gradient at step {bad[0]} (steps {bad[0]}-{step} '
+              f'checked since the last log); those updates were not applied and the last good '
+              f'checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning rate '
+              f'or use float32.')
+        seconds = time.perf_counter() - last_log_time
+        steps_done = step - last_log_step
+        scalars = {k: float(np.mean([m[k] for m in history])) for k in history[0]
+                   if k != 'finite'}
+        scalars['images_per_second'] = steps_done * cfg.batch_size / seconds
+        scalars['eta_minutes'] = (total_steps - step) * seconds / steps_done / 60
+        scalars['epoch'] = step / steps_per_epoch
+        writer.write_scalars(step, scalars)
+        pending, last_log_time, last_log_step = [], time.perf_counter(), step
+      if (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or is_last:
+        evaluate_max_and_min(step)
+      if step % cfg.checkpoint_every_steps == 0 or is_last:
+        checkpoints.save(state)
+  finally:
+    writer.flush()
+    checkpoints.close()
+  return state

@@ -1,0 +1,125 @@
+"""Supernet training step: data parallel semantics, per-device draws, distillation."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from autoslim_jax import defaults
+from autoslim_jax import parallel
+from autoslim_jax import train
+
+
+def _supernet_config(num_sandwich=3):
+  cfg = defaults.get_default_config().supernet
+  cfg.num_sandwich = num_sandwich
+  cfg.base_learning_rate = 0.1
+  cfg.base_batch_size = cfg.batch_size = 16
+  cfg.weight_decay = 1e-4
+  return cfg
+
+
+def _batch(network, size, seed=0):
+  key_x, key_y = jax.random.split(jax.random.key(seed))
+  return {'image': jax.random.normal(key_x, (size,) + network.input_shape),
+          'label': jax.random.randint(key_y, (size,), 0, network.num_classes)}
+
+
+def test_step_on_8_devices_equals_single_device_computation(tiny_network):
+  assert jax.device_count() == 8
+  space = tiny_network.channel_space()
+  cfg = _supernet_config()
+  schedule = optax.constant_schedule(0.1)
+  make_tx = lambda params: train.create_optimizer(cfg, tiny_network, params, schedule)
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(tiny_network, jax.random.key(0), make_tx)
+  batch = _batch(tiny_network, 16)
+
+  step = train.make_train_step(tiny_network, space, cfg, seed=3, mesh=mesh, schedule=schedule)
+  # The step donates its input state: give it a copy.
+  new_state, metrics = step(parallel.replicate(jax.tree_util.tree_map(jnp.copy, state), mesh),
+                            parallel.shard_batch(batch, mesh))
+
+  # The same thing by hand on one device: each device's sub-networks on its 2 examples.
+  module = tiny_network.supernet()
+
+  @jax.jit
+  def grad_fn(params, batch_stats, images, labels, configs):
+    return jax.grad(functools.partial(
+        train.sandwich_loss, module=module, images=images, labels=labels, configs=configs,
+        num_classes=tiny_network.num_classes, label_smoothing=cfg.label_smoothing),
+                    has_aux=True)(params, batch_stats)
+
+  grads_per_device, stats_per_device = [], []
+  for device in range(8):
+    configs = train.sandwich_configs(space, train.device_key(3, state.step, device), 3)
+    part = slice(2 * device, 2 * device + 2)
+    grads, aux = grad_fn(state.params, state.batch_stats, batch['image'][part],
+                         batch['label'][part], configs)
+    grads_per_device.append(grads)
+    stats_per_device.append(aux[3])
+  mean_grads = jax.tree_util.tree_map(lambda *g: sum(g) / 8, *grads_per_device)
+  expected = state.apply_gradients(
+      grads=mean_grads,
+      batch_stats=jax.tree_util.tree_map(lambda *s: sum(s) / 8, *stats_per_device))
+
+  assert float(metrics['finite']) == 1.0
+  for got, want in zip(jax.tree_util.tree_leaves(new_state.params),
+                       jax.tree_util.tree_leaves(expected.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  for got, want in zip(jax.tree_util.tree_leaves(new_state.batch_stats),
+                       jax.tree_util.tree_leaves(expected.batch_stats)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert int(new_state.step) == 1
+
+
+def test_devices_draw_different_configs_and_the_same_again(tiny_network):
+  space = tiny_network.channel_space()
+  draws = [train.sandwich_configs(space, train.device_key(0, jnp.int32(5), d), 4)[2:]
+           for d in range(8)]
+  as_tuples = [tuple(int(v) for c in configs for v in c.values()) for configs in draws]
+  assert len(set(as_tuples)) == 8
+  again = train.sandwich_configs(space, train.device_key(0, jnp.int32(5), 3), 4)[2:]
+  assert tuple(int(v) for c in again for v in c.values()) == as_tuples[3]
+  other_step = train.sandwich_configs(space, train.device_key(0, jnp.int32(6), 3), 4)[2:]
+  assert tuple(int(v) for c in other_step for v in c.values()) != as_tuples[3]
+
+
+def test_distillation_targets_carry_no_gradient_and_max_learns_labels(tiny_network):
+  space = tiny_network.channel_space()
+  variables = tiny_network.init(jax.random.key(0))
+  module = tiny_network.supernet()
+  batch = _batch(tiny_network, 4)
+  configs = [space.as_arrays(space.max_config()), space.as_arrays(space.min_config())]
+
+  def loss(params, which):
+    total, (losses, *_) = train.sandwich_loss(
+        params, variables['batch_stats'], module, batch['image'], batch['label'], configs,
+        tiny_network.num_classes, 0.1)
+    return losses[which]
+
+  # The min network's loss must not move the max network's logits through the teacher: its
+  # gradient reaches only weights the min network uses.
+  grads = jax.grad(loss)(variables['params'], 1)
+  kernel = grads['last']['conv']['kernel']
+  assert np.all(np.asarray(kernel[..., space.min_config()['last']:]) == 0)
+  # The max network's loss is the label loss.
+  logits = module.apply(variables, batch['image'], configs[0], train=True,
+                        mutable=['batch_stats'])[0]
+  want = optax.softmax_cross_entropy(
+      logits, optax.smooth_labels(jax.nn.one_hot(batch['label'], 10), 0.1)).mean()
+  np.testing.assert_allclose(loss(variables['params'], 0), want, rtol=1e-6)
+
+
+def test_weight_decay_skips_depthwise_batchnorm_and_biases(tiny_network):
+  variables = tiny_network.init(jax.random.key(0))
+  mask = train.weight_decay_mask(tiny_network, variables['params'])
+  assert mask['stem']['conv']['kernel'] is True
+  assert mask['block3']['depthwise']['conv']['kernel'] is False
+  assert mask['block3']['project']['bn']['scale'] is False
+  assert mask['classifier']['dense']['kernel'] is True
+  assert mask['classifier']['dense']['bias'] is False
