@@ -27,6 +27,10 @@ def main(argv):
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except FloatingPointError as e:  # diverged: the message names the step and what was kept
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -192,9 +192,13 @@ class Checkpoints:
 
 
 def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Network,
-                   space: channels_lib.ChannelSpace, source: input_pipeline.DataSource
-                   ) -> TrainState:
-  """Trains (or resumes, or just restores a finished) supernet in ``workdir``."""
+                   space: channels_lib.ChannelSpace, source: input_pipeline.DataSource,
+                   stop_after_step: int | None = None) -> TrainState:
+  """Trains (or resumes, or just restores a finished) supernet in ``workdir``.
+
+  ``stop_after_step`` ends the run early after checkpointing that step, as a preemption would
+  (for time-sliced jobs and the resume tests); the next call resumes from it.
+  """
   cfg = config.supernet
   parallel.check_batch_size(cfg.batch_size, 'supernet.batch_size')
   parallel.check_batch_size(cfg.eval_batch_size, 'supernet.eval_batch_size')
@@ -265,8 +269,10 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
         pending, last_log_time, last_log_step = [], time.perf_counter(), step
       if (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or is_last:
         evaluate_max_and_min(step)
-      if step % cfg.checkpoint_every_steps == 0 or is_last:
+      if step % cfg.checkpoint_every_steps == 0 or is_last or step == stop_after_step:
         checkpoints.save(state)
+      if step == stop_after_step:
+        break
   finally:
     writer.flush()
     checkpoints.close()

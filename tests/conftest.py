@@ -6,6 +6,12 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Tests build the same small train steps several times (a run, then its resumption): keep their
+# compiled code on disk so that each compiles once per test session.
+jax.config.update('jax_compilation_cache_dir', os.path.join(
+    os.environ.get('TMPDIR', '/tmp'), 'autoslim_jax_test_compilation_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
