@@ -67,7 +67,9 @@ def test_profile_refuses_malformed_lists(channels, message):
 
 def test_main_quickstart(tmp_path):
   workdir = tmp_path / 'quick'
-  result = run('autoslim_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}')
+  # A shortened schedule (5 steps): the full quickstart takes ~3 minutes on 2 cores.
+  result = run('autoslim_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
+               '--config.supernet.num_epochs=0.3')
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['compilations'] == 1
   assert [row['name'] for row in summary['configs']][:2] == ['max', 'min']
@@ -75,6 +77,11 @@ def test_main_quickstart(tmp_path):
     assert summary['exports'][name]['max_abs_logit_difference'] < 1e-4
     assert (workdir / 'export' / name / 'model.json').exists()
   assert 'held-out acc' in result.stdout
+  assert os.listdir(workdir / 'supernet' / 'checkpoints') == ['5']
+  # rerun: the finished supernet is restored, not trained again
+  rerun = run('autoslim_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
+              '--config.supernet.num_epochs=0.3')
+  assert 'training complete' in rerun.stderr
 
 
 def test_main_refuses_unknown_model(tmp_path):

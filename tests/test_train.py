@@ -37,7 +37,7 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_network):
   make_tx = lambda params: train.create_optimizer(cfg, tiny_network, params, schedule)
   mesh = parallel.make_mesh()
   state = train.create_train_state(tiny_network, jax.random.key(0), make_tx)
-  batch = _batch(tiny_network, 16)
+  batch = _batch(tiny_network, 32)
 
   step = train.make_train_step(tiny_network, space, cfg, seed=3, mesh=mesh, schedule=schedule)
   # The step donates its input state: give it a copy.
@@ -57,7 +57,7 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_network):
   grads_per_device, stats_per_device = [], []
   for device in range(8):
     configs = train.sandwich_configs(space, train.device_key(3, state.step, device), 3)
-    part = slice(2 * device, 2 * device + 2)
+    part = slice(4 * device, 4 * device + 4)
     grads, aux = grad_fn(state.params, state.batch_stats, batch['image'][part],
                          batch['label'][part], configs)
     grads_per_device.append(grads)
@@ -68,9 +68,14 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_network):
       batch_stats=jax.tree_util.tree_map(lambda *s: sum(s) / 8, *stats_per_device))
 
   assert float(metrics['finite']) == 1.0
+  # Tolerance relative to the largest update: a few BatchNorm biases (those of projections read
+  # only through a 1x1 conv and BatchNorm, which removes any constant shift) have a gradient
+  # that is zero in exact arithmetic, and both sides compute float32 noise for it.
+  largest_update = max(float(jnp.max(jnp.abs(new - old))) for new, old in zip(
+      jax.tree_util.tree_leaves(expected.params), jax.tree_util.tree_leaves(state.params)))
   for got, want in zip(jax.tree_util.tree_leaves(new_state.params),
                        jax.tree_util.tree_leaves(expected.params)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * largest_update)
   for got, want in zip(jax.tree_util.tree_leaves(new_state.batch_stats),
                        jax.tree_util.tree_leaves(expected.batch_stats)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

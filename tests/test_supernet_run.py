@@ -1,0 +1,75 @@
+"""Supernet training runs end to end on 8 fake devices: resume, mock tfds data, divergence."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from autoslim_jax import defaults
+from autoslim_jax import input_pipeline
+from autoslim_jax import pipeline
+from autoslim_jax import train
+
+
+def _config(steps=4):
+  config = defaults.get_default_config()
+  config.model_kwargs.update(dict(layout='cifar', width_mult=0.35, image_size=8, in_channels=1,
+                                  num_classes=10))
+  config.dataset.update(dict(name='digits', heldout_size=64, augmentation='shift',
+                             shuffle_buffer=1500, cache=True))
+  config.supernet.update(dict(batch_size=32, num_sandwich=3, base_learning_rate=0.05,
+                              base_batch_size=32, schedule='cosine', eval_batch_size=64,
+                              log_every_steps=2, eval_every_steps=0, checkpoint_every_steps=100))
+  config.supernet.num_epochs = steps / (1436 // 32)  # 1,436 training digits: 44 steps / epoch
+  return config
+
+
+def _train(config, workdir, **kwargs):
+  defaults.check_config(config)
+  network, space = pipeline.build_network(config)
+  source = input_pipeline.create_source(config.dataset)
+  return train.train_supernet(config, str(workdir), network, space, source, **kwargs)
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = _config(steps=4)
+  straight = _train(config, tmp_path / 'straight')
+  assert int(straight.step) == 4
+  first = _train(config, tmp_path / 'resumed', stop_after_step=2)
+  assert int(first.step) == 2
+  resumed = _train(config, tmp_path / 'resumed')
+  assert int(resumed.step) == 4
+  for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats)),
+                  jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  # TensorBoard events and the checkpoints are in the workdir
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'straight'))
+  assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['2', '4']
+  # a finished run restores instead of training again
+  again = _train(config, tmp_path / 'straight')
+  np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(again.params)[0]),
+                                np.asarray(jax.tree_util.tree_leaves(straight.params)[0]))
+
+
+def test_few_steps_on_mock_cifar10(tmp_path):
+  config = _config()
+  config.model_kwargs.update(dict(image_size=32, in_channels=3))
+  config.dataset.update(dict(name='cifar10', heldout_size=16, augmentation='crop_flip'))
+  config.supernet.eval_batch_size = 16
+  config.supernet.num_epochs = 2.0  # 48 training examples: 1 step per epoch
+  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+    state = _train(config, tmp_path)
+  assert int(state.step) == 2
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
+  config = _config(steps=4)
+  config.supernet.base_learning_rate = 1e30
+  config.supernet.log_every_steps = 1
+  with pytest.raises(train.NonFiniteLossError, match=r'non-finite loss or gradient at step \d'):
+    _train(config, tmp_path)
+  # the diverged state never reached a checkpoint
+  assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
