@@ -3,6 +3,7 @@ r"""Runs the AutoSlim pipeline for a config.
   python -m autoslim_jax.main --config=configs/quickstart.py --workdir=/tmp/autoslim_quick
 """
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -17,10 +18,19 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', l
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries:
+  """Keeps orbax's per-checkpoint INFO chatter out of the progress log (warnings still show)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  for handler in std_logging.getLogger().handlers + [logging.get_absl_handler()]:
+    handler.addFilter(_QuietLibraries())
   try:
     pipeline.run(flags.FLAGS.config, _WORKDIR.value)
   except ValueError as e:  # bad input: say what and stop, no stack trace from deep inside
