@@ -26,13 +26,6 @@ def logits_with_batch_stats(module: nn.Module, variables: Mapping, images: jax.A
   return logits
 
 
-def metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-  """Top-1 accuracy and mean cross-entropy."""
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  accuracy = (jnp.argmax(logits, -1) == labels).mean()
-  return {'accuracy': accuracy, 'loss': loss}
-
-
 def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
   """Sums of correct predictions, loss and counted examples, for exact split-wide averages."""
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
