@@ -5,10 +5,13 @@ r"""Prints the MACs, params and memory of a network config.
       --channels='[8,8,96,16,96,16,96,24,144,24,144,24,144,56,288,56,288,56,288,56,288,96,432,96,432,96,864,240,1440,240,960,240,1440,480,1920,1000]'
   python -m autoslim_jax.profile --model=mobilenet_v2 --layout=cifar --width=0.75 --json
   python -m autoslim_jax.profile --model=mobilenet_v2 --channels=searched.json --per_layer
+  python -m autoslim_jax.profile --model=mobilenet_v2 --width=1.0 --latency
 
 ``--channels`` takes a list in the official ``channel_num_list`` layout or a JSON object
 {unit: channels} (a search result or an exported ``model.json``, whose ``channels`` are read),
-inline or as a file. Definitions of the resources: ``autoslim_jax/resources.py``.
+inline or as a file. Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency``
+adds the measured median time of one image through the slim network on one CPU thread
+(``autoslim_jax/latency.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from absl import app
 from absl import flags
 
+from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
 from autoslim_jax import resources as resources_lib
 
@@ -37,6 +41,9 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Input size (default: the
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: the layout\'s).')
 _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 _PER_LAYER = flags.DEFINE_bool('per_layer', False, 'Also print every layer\'s channels and MACs.')
+_LATENCY = flags.DEFINE_bool(
+    'latency', False, 'Also measure latency_ms: the median wall time of the slim network at '
+    'batch 1 on one CPU thread (compiles it first: seconds).')
 
 
 def read_channels(text: str) -> Any:
@@ -66,8 +73,12 @@ def config_from_value(network: models.Network, value: Any) -> dict[str, int]:
 
 def profile(model: str, layout: str = 'imagenet', width: float | None = None,
             channels: Any = None, max_width: float | None = None,
-            image_size: int | None = None, num_classes: int | None = None) -> dict[str, Any]:
-  """Resources of a uniform width or a channel config (list or dict), as a JSON-able dict."""
+            image_size: int | None = None, num_classes: int | None = None,
+            latency: bool = False) -> dict[str, Any]:
+  """Resources of a uniform width or a channel config (list or dict), as a JSON-able dict.
+
+  ``latency`` adds ``latency_ms``, measured (``latency.LatencyMeter``) rather than counted.
+  """
   if (width is None) == (channels is None):
     raise ValueError('give exactly one of a uniform width (--width) or channels (--channels)')
   kwargs = dict(layout=layout, image_size=image_size, num_classes=num_classes)
@@ -91,6 +102,9 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
       **resources_lib.ResourceModel(network)(config),
       'channels': config,
   }
+  if latency:
+    with latency_lib.LatencyMeter(model, kwargs) as meter:
+      result['latency_ms'] = meter.measure(config)
   if network.official_layout is not None:
     result['channel_num_list'] = network.config_to_list(config)
   result['layers'] = [dict(layer='/'.join(layer.path), kind=layer.kind,
@@ -110,6 +124,8 @@ def format_table(result: Mapping[str, Any], per_layer: bool = False) -> str:
       f'params   {result["params"] / 1e6:10.3f} M  ({result["params"]:,})',
       f'memory   {result["memory"] / 1e6:10.3f} M  ({result["memory"]:,} elements)',
   ]
+  if 'latency_ms' in result:
+    lines.append(f'latency  {result["latency_ms"]:10.3f} ms (median at batch 1, one CPU thread)')
   if 'channel_num_list' in result:
     lines.append(f'channel_num_list {json.dumps(result["channel_num_list"])}')
   if per_layer:
@@ -126,7 +142,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     channels = None if _CHANNELS.value is None else read_channels(_CHANNELS.value)
     result = profile(_MODEL.value, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
-                     _IMAGE_SIZE.value, _NUM_CLASSES.value)
+                     _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

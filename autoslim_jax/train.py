@@ -82,10 +82,13 @@ def create_optimizer(cfg: ml_collections.ConfigDict, network: Network, params,
   raise ValueError(f'unknown optimizer {cfg.optimizer!r}; valid: sgd, adamw')
 
 
-def create_train_state(network: Network, key: jax.Array, make_tx: Callable) -> TrainState:
-  variables = network.init(key)
+def create_train_state(network: Network, key: jax.Array, make_tx: Callable,
+                       module: nn.Module | None = None) -> TrainState:
+  """A fresh state of ``module`` (default: the supernet; a slim module for retraining)."""
+  module = network.supernet() if module is None else module
+  variables = module.init(key, jnp.zeros((1,) + network.input_shape, jnp.float32), train=False)
   tx = make_tx(variables['params'])
-  return TrainState.create(apply_fn=network.supernet().apply, params=variables['params'],
+  return TrainState.create(apply_fn=module.apply, params=variables['params'],
                            batch_stats=variables['batch_stats'], tx=tx)
 
 
@@ -96,47 +99,56 @@ def sandwich_configs(space: channels_lib.ChannelSpace, key: jax.Array, num_sandw
   return configs + [space.sample(k) for k in jax.random.split(key, num_sandwich - 2)]
 
 
+def sandwich_member_names(num_sandwich: int) -> list[str]:
+  return ['max', 'min'] + [f'random{i}' for i in range(num_sandwich - 2)]
+
+
 def device_key(seed: int, step: jax.Array, device: jax.Array) -> jax.Array:
   """The key of one device at one step: the same (seed, step, device), the same draws."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device)
 
 
 def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
-                  configs: Sequence[Mapping[str, jax.Array]], num_classes: int,
+                  configs: Sequence[Mapping[str, jax.Array] | None], num_classes: int,
                   label_smoothing: float):
-  """Sum of the sandwich losses; the max network (``configs[0]``) learns from the labels.
+  """Sum of the sandwich losses; the first config (the max network) learns from the labels.
 
-  Returns (total, (per-member losses, max logits, min logits, batch_stats after the max pass)).
-  The running statistics follow the max network; other configs get theirs by calibration.
+  Returns (total, (per-member losses, per-member logits, batch_stats after the first pass)).
+  The running statistics follow the first network; other configs get theirs by calibration.
+  With ``configs == [None]`` this is plain training of a physically slim network.
   """
   variables = {'params': params, 'batch_stats': batch_stats}
-  max_logits, state = module.apply(variables, images, configs[0], train=True,
-                                   mutable=['batch_stats'])
+  first_logits, state = module.apply(variables, images, configs[0], train=True,
+                                     mutable=['batch_stats'])
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  losses = [optax.softmax_cross_entropy(max_logits, targets).mean()]
-  teacher = jax.lax.stop_gradient(jax.nn.softmax(max_logits))  # inplace distillation
-  min_logits = None
+  losses = [optax.softmax_cross_entropy(first_logits, targets).mean()]
+  all_logits = [first_logits]
+  teacher = jax.lax.stop_gradient(jax.nn.softmax(first_logits))  # inplace distillation
   for config in configs[1:]:
     logits, _ = module.apply(variables, images, config, train=True, mutable=['batch_stats'])
     losses.append(optax.softmax_cross_entropy(logits, teacher).mean())
-    min_logits = logits if min_logits is None else min_logits
-  return sum(losses), (jnp.stack(losses), max_logits, min_logits, state['batch_stats'])
+    all_logits.append(logits)
+  return sum(losses), (jnp.stack(losses), all_logits, state['batch_stats'])
 
 
-def make_train_step(network: Network, space: channels_lib.ChannelSpace,
-                    cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh,
-                    schedule: optax.Schedule):
-  """The jitted data-parallel step: (state, sharded batch) -> (state, metrics)."""
-  module = network.supernet()
+def make_distillation_step(module: nn.Module, num_classes: int, cfg: ml_collections.ConfigDict,
+                           draw_configs: Callable[[jax.Array, jax.Array], list],
+                           member_names: Sequence[str], mesh: Mesh, schedule: optax.Schedule):
+  """The jitted data-parallel step: (state, sharded batch) -> (state, metrics).
+
+  ``draw_configs(step, device)`` gives the configs one device trains at one step, the teacher
+  first; ``member_names`` name them in the metrics (``loss_<name>``, ``<name>_accuracy`` of the
+  first two).
+  """
   num_devices = mesh.size
 
   def per_device(state: TrainState, batch):
     device = jax.lax.axis_index(parallel.DATA_AXIS)
-    configs = sandwich_configs(space, device_key(seed, state.step, device), cfg.num_sandwich)
+    configs = draw_configs(state.step, device)
     loss_fn = functools.partial(
         sandwich_loss, module=module, images=batch['image'], labels=batch['label'],
-        configs=configs, num_classes=network.num_classes, label_smoothing=cfg.label_smoothing)
-    (total, (losses, max_logits, min_logits, batch_stats)), grads = jax.value_and_grad(
+        configs=configs, num_classes=num_classes, label_smoothing=cfg.label_smoothing)
+    (total, (losses, logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state.batch_stats)
     # Inside shard_map the gradient of the replicated params already comes back summed over
     # devices (the transpose of the implicit broadcast is a psum): divide once for the mean.
@@ -151,17 +163,27 @@ def make_train_step(network: Network, space: channels_lib.ChannelSpace,
     new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated,
                                        state)
     metrics = {'loss': total, 'finite': finite.astype(jnp.float32),
-               'learning_rate': schedule(state.step),
-               'max_accuracy': mean(jnp.mean(jnp.argmax(max_logits, -1) == batch['label'])),
-               'min_accuracy': mean(jnp.mean(jnp.argmax(min_logits, -1) == batch['label']))}
+               'learning_rate': schedule(state.step)}
+    for name, member_logits in list(zip(member_names, logits))[:2]:
+      metrics[f'{name}_accuracy'] = mean(
+          jnp.mean(jnp.argmax(member_logits, -1) == batch['label']))
     losses = mean(losses)
-    metrics.update({'loss_max': losses[0], 'loss_min': losses[1]})
-    metrics.update({f'loss_random{i}': losses[i + 2] for i in range(cfg.num_sandwich - 2)})
+    metrics.update({f'loss_{name}': losses[i] for i, name in enumerate(member_names)})
     return new_state, metrics
 
   step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)),
                        out_specs=(P(), P()))
   return jax.jit(step, donate_argnums=0)
+
+
+def make_train_step(network: Network, space: channels_lib.ChannelSpace,
+                    cfg: ml_collections.ConfigDict, seed: int, mesh: Mesh,
+                    schedule: optax.Schedule):
+  """The supernet's sandwich step; every device draws its own random sub-networks."""
+  draw = lambda step, device: sandwich_configs(space, device_key(seed, step, device),
+                                               cfg.num_sandwich)
+  return make_distillation_step(network.supernet(), network.num_classes, cfg, draw,
+                                sandwich_member_names(cfg.num_sandwich), mesh, schedule)
 
 
 class Checkpoints:
@@ -200,38 +222,11 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
   (for time-sliced jobs and the resume tests); the next call resumes from it.
   """
   cfg = config.supernet
-  parallel.check_batch_size(cfg.batch_size, 'supernet.batch_size')
   parallel.check_batch_size(cfg.eval_batch_size, 'supernet.eval_batch_size')
   mesh = parallel.make_mesh()
-  steps_per_epoch = input_pipeline.steps_per_epoch(source, cfg.batch_size)
-  total_steps = max(1, int(round(cfg.num_epochs * steps_per_epoch)))
-  schedule = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
-  state = create_train_state(
-      network, jax.random.key(config.seed),
-      lambda params: create_optimizer(cfg, network, params, schedule))
-  state = parallel.replicate(state, mesh)
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), cfg.checkpoints_to_keep)
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(state)
-    logging.info('supernet: resumed from the checkpoint of step %d', int(state.step))
-  start_step = int(state.step)
-  if start_step >= total_steps:
-    logging.info('supernet: training complete (%d steps)', total_steps)
-    checkpoints.close()
-    return state
-
-  logging.info('supernet: %d steps (%.2f epochs of %d steps, batch %d on %d devices), from step '
-               '%d', total_steps, cfg.num_epochs, steps_per_epoch, cfg.batch_size,
-               jax.device_count(), start_step)
-  train_step = make_train_step(network, space, cfg, config.seed, mesh, schedule)
   eval_step = evaluate.make_batch_stats_eval_step(network.supernet(), mesh)
-  batches = input_pipeline.train_batches(
-      source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation,
-      config.dataset.shuffle_buffer, config.dataset.cache)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
-  def evaluate_max_and_min(step: int) -> None:
+  def evaluate_max_and_min(state: TrainState) -> dict[str, float]:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     scalars = {}
     for name, chosen in (('max', space.max_config()), ('min', space.min_config())):
@@ -241,7 +236,52 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
           space.as_arrays(chosen), mesh)
       scalars[f'heldout_accuracy_{name}'] = result['accuracy']
       scalars[f'heldout_loss_{name}'] = result['loss']
-    writer.write_scalars(step, scalars)
+    return scalars
+
+  return fit('supernet', cfg, config, workdir, network, network.supernet(),
+             lambda schedule: make_train_step(network, space, cfg, config.seed, mesh, schedule),
+             source, evaluate_max_and_min, stop_after_step)
+
+
+def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+        workdir: str, network: Network, module: nn.Module,
+        make_step: Callable[[optax.Schedule], Callable], source: input_pipeline.DataSource,
+        evaluate_fn: Callable[[TrainState], dict[str, float]] | None = None,
+        stop_after_step: int | None = None) -> TrainState:
+  """The training loop every stage shares: resume, step, log, evaluate, checkpoint.
+
+  ``cfg`` is the stage's config section (batch size, epochs, optimizer, logging periods);
+  ``make_step(schedule)`` builds the jitted step; ``evaluate_fn(state)`` returns scalars to log
+  every ``cfg.eval_every_steps`` and at the end. A finished run is only restored.
+  """
+  parallel.check_batch_size(cfg.batch_size, f'{name}: batch_size')
+  mesh = parallel.make_mesh()
+  steps_per_epoch = input_pipeline.steps_per_epoch(source, cfg.batch_size)
+  total_steps = max(1, int(round(cfg.num_epochs * steps_per_epoch)))
+  schedule = learning_rate_schedule(cfg, steps_per_epoch, total_steps)
+  state = create_train_state(
+      network, jax.random.key(config.seed),
+      lambda params: create_optimizer(cfg, network, params, schedule), module)
+  state = parallel.replicate(state, mesh)
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), cfg.checkpoints_to_keep)
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(state)
+    logging.info('%s: resumed from the checkpoint of step %d', name, int(state.step))
+  start_step = int(state.step)
+  if start_step >= total_steps:
+    logging.info('%s: training complete (%d steps)', name, total_steps)
+    checkpoints.close()
+    return state
+
+  logging.info('%s: %d steps (%.2f epochs of %d steps, batch %d on %d devices), from step '
+               '%d', name, total_steps, cfg.num_epochs, steps_per_epoch, cfg.batch_size,
+               jax.device_count(), start_step)
+  train_step = make_step(schedule)
+  batches = input_pipeline.train_batches(
+      source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation,
+      config.dataset.shuffle_buffer, config.dataset.cache)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
@@ -254,7 +294,7 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
         bad = [step - len(history) + 1 + i for i, m in enumerate(history) if not m['finite']]
         if bad:
           raise NonFiniteLossError(
-              f'supernet: non-finite loss or gradient at step {bad[0]} (steps {bad[0]}-{step} '
+              f'{name}: non-finite loss or gradient at step {bad[0]} (steps {bad[0]}-{step} '
               f'checked since the last log); those updates were not applied and the last good '
               f'checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning rate '
               f'or use float32.')
@@ -267,8 +307,9 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
         scalars['epoch'] = step / steps_per_epoch
         writer.write_scalars(step, scalars)
         pending, last_log_time, last_log_step = [], time.perf_counter(), step
-      if (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or is_last:
-        evaluate_max_and_min(step)
+      if evaluate_fn is not None and (
+          (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or is_last):
+        writer.write_scalars(step, evaluate_fn(state))
       if step % cfg.checkpoint_every_steps == 0 or is_last or step == stop_after_step:
         checkpoints.save(state)
       if step == stop_after_step:

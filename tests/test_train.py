@@ -61,7 +61,7 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_network):
     grads, aux = grad_fn(state.params, state.batch_stats, batch['image'][part],
                          batch['label'][part], configs)
     grads_per_device.append(grads)
-    stats_per_device.append(aux[3])
+    stats_per_device.append(aux[-1])
   mean_grads = jax.tree_util.tree_map(lambda *g: sum(g) / 8, *grads_per_device)
   expected = state.apply_gradients(
       grads=mean_grads,

@@ -1,0 +1,200 @@
+"""Figures and a Markdown table of a search's results, from its JSON files alone.
+
+Pure functions over plain dicts as loaded from ``trajectory.json`` (a list of step records) and
+``results.json`` (design.md's schemas); each figure is written as a PNG, whose path is returned.
+Accuracies are stored as fractions in [0, 1] and shown in percent; MACs, params and memory are
+stored as counts and shown in millions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+# Selected before pyplot is imported so that plotting works without a display (servers, CI).
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DPI = 120
+
+
+def _millions(value: float | None) -> float | None:
+  return None if value is None else value / 1e6
+
+
+def _percent(value: float | None) -> float | None:
+  return None if value is None else 100.0 * value
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+  """Writes ``fig`` as a PNG at ``path`` (creating its folder) and frees it."""
+  path = os.fspath(path)
+  folder = os.path.dirname(path)
+  if folder:
+    os.makedirs(folder, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=_DPI, format='png')
+  # pyplot keeps every figure alive until closed: plotting many targets would leak memory.
+  plt.close(fig)
+  return path
+
+
+def _find_target(results: Mapping[str, Any], target_name: str) -> Mapping[str, Any]:
+  for target in results.get('targets', []):
+    if target['name'] == target_name:
+      return target
+  names = [target['name'] for target in results.get('targets', [])]
+  raise KeyError(f'no target {target_name!r} in the results; targets: {names}')
+
+
+def plot_trajectory(trajectory: Sequence[Mapping[str, Any]],
+                    targets: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                    title: str = '') -> str:
+  """Held-out accuracy against MACs along the greedy path, with the targets marked.
+
+  A target is marked at its recorded ``step``; a MACs target also gets a dashed line at its value
+  (in MACs, e.g. 200e6 for ``macs_200M``).
+  """
+  macs = [record['macs'] / 1e6 for record in trajectory]
+  accuracy = [_percent(record['heldout_accuracy']) for record in trajectory]
+  fig, ax = plt.subplots(figsize=(8, 5))
+  ax.plot(macs, accuracy, '-o', markersize=3, linewidth=1, color='tab:blue', label='greedy path')
+  if trajectory:
+    ax.plot(macs[0], accuracy[0], 's', markersize=8, color='tab:blue')
+    ax.annotate('max', (macs[0], accuracy[0]), textcoords='offset points', xytext=(-8, -14),
+                ha='right')
+  for i, target in enumerate(targets):
+    color = f'C{(i + 1) % 10}'
+    if target.get('metric') == 'macs':
+      ax.axvline(target['value'] / 1e6, linestyle='--', linewidth=1, color=color)
+    step = target.get('step')
+    if step is None or not 0 <= step < len(trajectory):
+      continue  # A target the search never reached has no point on the path.
+    ax.plot(macs[step], accuracy[step], 'D', markersize=7, color=color, label=target['name'])
+    # Alternate the offsets so that the names of close targets do not overlap.
+    ax.annotate(target['name'], (macs[step], accuracy[step]), textcoords='offset points',
+                xytext=(6, -14 if i % 2 else 8), color=color)
+  ax.set_xlabel('MACs (M)')
+  ax.set_ylabel('held-out accuracy (%)')
+  ax.set_title(title or 'greedy slimming trajectory')
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc='lower right', fontsize='small')
+  return _save(fig, path)
+
+
+def plot_accuracy_vs_macs(results: Mapping[str, Any], path: str | os.PathLike) -> str:
+  """Test accuracy against MACs of the AutoSlim nets and of the uniform-width baselines.
+
+  Nets without a test accuracy are left out; with none at all the AutoSlim nets' held-out
+  accuracy is plotted instead, as the y label says.
+  """
+  targets = results.get('targets', [])
+
+  def series(kind: str, key: str) -> tuple[list[float], list[float], list[str]]:
+    points = sorted((target[kind]['macs'] / 1e6, _percent(target[kind].get(key)), target['name'])
+                    for target in targets if target[kind].get(key) is not None)
+    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+  autoslim = series('autoslim', 'test_accuracy')
+  uniform = series('uniform', 'test_accuracy')
+  ylabel = 'test accuracy (%)'
+  if not autoslim[0] and not uniform[0]:
+    autoslim = series('autoslim', 'heldout_accuracy')
+    ylabel = 'AutoSlim held-out accuracy (%) (no test accuracies)'
+  fig, ax = plt.subplots(figsize=(7, 5))
+  ax.plot(autoslim[0], autoslim[1], '-o', color='tab:red', label='AutoSlim')
+  for x, y, name in zip(*autoslim):
+    ax.annotate(name, (x, y), textcoords='offset points', xytext=(5, 5), fontsize='small')
+  if uniform[0]:
+    ax.plot(uniform[0], uniform[1], '--s', color='tab:gray', label='uniform width')
+  ax.set_xlabel('MACs (M)')
+  ax.set_ylabel(ylabel)
+  ax.set_title(' '.join(str(results[key]) for key in ('model', 'dataset') if key in results))
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc='lower right')
+  return _save(fig, path)
+
+
+def plot_channels(results: Mapping[str, Any], target_name: str,
+                  path: str | os.PathLike) -> str:
+  """Channels per unit of one target's AutoSlim net, its uniform baseline and the max network.
+
+  As the paper's figures 5 and 6: units in network order along x, grouped bars per unit.
+  """
+  target = _find_target(results, target_name)
+  units = list(results['units'])
+  series = [('max', results['max']['channels'], 'lightgray'),
+            (f'uniform {target["uniform"]["width_mult"]:.4g}x', target['uniform']['channels'],
+             'tab:gray'),
+            ('AutoSlim', target['autoslim']['channels'], 'tab:red')]
+  width = 0.8 / len(series)
+  # Wide enough for every unit's name, which MobileNets have dozens of.
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(units) + 2), 5))
+  for i, (label, channels, color) in enumerate(series):
+    xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(units))]
+    ax.bar(xs, [channels.get(unit, 0) for unit in units], width=width, color=color, label=label)
+  ax.set_xticks(range(len(units)))
+  ax.set_xticklabels(units, rotation=90, fontsize='small')
+  ax.set_xlim(-0.6, len(units) - 0.4)
+  ax.set_xlabel('unit')
+  ax.set_ylabel('channels')
+  ax.set_title(f'{target_name}: AutoSlim {target["autoslim"]["macs"] / 1e6:.1f}M MACs, '
+               f'uniform {target["uniform"]["macs"] / 1e6:.1f}M MACs')
+  ax.grid(True, axis='y', alpha=0.3)
+  ax.legend(loc='upper left')
+  return _save(fig, path)
+
+
+def plot_all_channels(results: Mapping[str, Any], directory: str | os.PathLike) -> list[str]:
+  """One :func:`plot_channels` figure per target: ``channels_<target name>.png`` in a folder."""
+  paths = []
+  for target in results.get('targets', []):
+    # Target names are like 'macs_200M'; anything unsafe in a file name becomes '_'.
+    stem = re.sub(r'[^\w.-]', '_', target['name'])
+    paths.append(plot_channels(results, target['name'],
+                               os.path.join(os.fspath(directory), f'channels_{stem}.png')))
+  return paths
+
+
+def _format_count(value: float | None) -> str:
+  """MACs or memory in millions: 2 decimals under 100M (small CIFAR nets), else 1."""
+  if value is None:
+    return '-'
+  millions = value / 1e6
+  return f'{millions:.2f}' if millions < 100 else f'{millions:.1f}'
+
+
+def _format_params(value: float | None) -> str:
+  return '-' if value is None else f'{value / 1e6:.3f}'
+
+
+def _format_accuracy(value: float | None) -> str:
+  return '-' if value is None else f'{100 * value:.2f}'
+
+
+def _format_difference(value: float | None) -> str:
+  return '-' if value is None else f'{100 * value:+.2f}'
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+  """A Markdown table of the targets: AutoSlim net, uniform baseline, accuracy difference.
+
+  Missing accuracies are shown as '-'; the difference is in percentage points.
+  """
+  header = ['target', 'MACs (M)', 'params (M)', 'memory (M)', 'AutoSlim test acc (%)',
+            'uniform width', 'uniform MACs (M)', 'uniform test acc (%)', 'difference (points)']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * 8) + '|']
+  for target in results.get('targets', []):
+    autoslim, uniform = target['autoslim'], target['uniform']
+    width = uniform.get('width_mult')
+    row = [target['name'], _format_count(autoslim.get('macs')),
+           _format_params(autoslim.get('params')), _format_count(autoslim.get('memory')),
+           _format_accuracy(autoslim.get('test_accuracy')),
+           '-' if width is None else f'{width:.4g}', _format_count(uniform.get('macs')),
+           _format_accuracy(uniform.get('test_accuracy')),
+           _format_difference(target.get('difference'))]
+    lines.append('| ' + ' | '.join(row) + ' |')
+  return '\n'.join(lines) + '\n'
