@@ -58,7 +58,69 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.supernet.checkpoint_every_steps = 1000
   config.supernet.checkpoints_to_keep = 3
   config.supernet.eval_batch_size = 2048  # also the BatchNorm batch of held-out evaluation
+
+  # Stage 2: greedy slimming on the held-out split (no training).
+  config.search = ml_collections.ConfigDict()
+  # The first config at or under each target is recorded; several metrics at once are fine.
+  config.search.targets = ml_collections.ConfigDict()
+  config.search.targets.macs = []  # e.g. [200e6, 300e6, 500e6]
+  config.search.targets.params = []
+  config.search.targets.memory = []  # elements of all feature maps and weights
+  config.search.targets.latency_ms = []  # batch 1, one CPU thread of this host, median
+  config.search.targets.macs_of_width = []  # the MACs of uniform nets, e.g. [1.0, 0.75, 0.5]
+  config.search.score = 'accuracy'  # accuracy (ties broken by loss) | loss
+  config.search.batch_size = 2048  # also the BatchNorm batch (batch-statistics mode)
+  config.search.num_images = 0  # 0 = the whole held-out split; N = its first N images
+  config.search.chunk_size = 0  # candidates per vmapped call; 0 = all of a step, 1 = one by one
+  config.search.measure_latency = False  # also without latency targets (always with them)
+  config.search.latency_warmup = 5
+  config.search.latency_repeats = 20
+
+  # BatchNorm calibration before any test accuracy and export: exact averages over N images.
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.num_images = 2048  # training images (no augmentation)
+  config.calibration.batch_size = 256
+
+  # Stage 3: each searched net trained from scratch, and the uniform net of the same MACs.
+  config.retrain = ml_collections.ConfigDict()
+  config.retrain.mode = 'individual'  # individual (slim nets) | joint (one slimmable net)
+  config.retrain.uniform_baseline = True
+  config.retrain.batch_size = 1024
+  config.retrain.num_epochs = 300.0
+  config.retrain.label_smoothing = 0.1
+  config.retrain.optimizer = 'sgd'
+  config.retrain.momentum = 0.9
+  config.retrain.base_learning_rate = 0.5
+  config.retrain.base_batch_size = 2048
+  config.retrain.schedule = 'linear'
+  config.retrain.warmup_epochs = 0.0
+  config.retrain.weight_decay = 1e-4
+  config.retrain.compute_dtype = 'float32'
+  config.retrain.log_every_steps = 100
+  config.retrain.eval_every_steps = 0  # test accuracy is measured once, after calibration
+  config.retrain.checkpoint_every_steps = 1000
+  config.retrain.checkpoints_to_keep = 2
+  config.retrain.eval_batch_size = 1024  # test-set batches
+
+  # The stages to run, in order: supernet, search, retrain, export (calibrate, test, export,
+  # report). Each skips itself when its outputs are complete and resumes when they are partial.
+  config.stages = 'supernet,search,retrain,export'
   return config
+
+
+STAGES = ('supernet', 'search', 'retrain', 'export')
+
+
+def parse_stages(stages: str) -> list[str]:
+  names = [s.strip() for s in stages.split(',') if s.strip()]
+  for name in names:
+    if name not in STAGES:
+      close = difflib.get_close_matches(name, STAGES, n=1)
+      hint = f' (did you mean {close[0]!r}?)' if close else ''
+      raise ValueError(f'unknown stage {name!r} in config.stages{hint}; valid: {", ".join(STAGES)}')
+  if not names:
+    raise ValueError(f'config.stages is empty; give some of {", ".join(STAGES)}')
+  return [s for s in STAGES if s in names]
 
 
 def _check_keys(config, defaults, prefix: str) -> None:
@@ -82,6 +144,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if key not in parameters:
       raise ValueError(f'config.model_kwargs.{key} is not an argument of {config.model}; valid: '
                        f'{sorted(parameters)}')
+  parse_stages(config.stages)
+  if config.retrain.mode not in ('individual', 'joint'):
+    raise ValueError(f'retrain.mode must be individual or joint, got {config.retrain.mode!r}')
+  if config.search.score not in ('accuracy', 'loss'):
+    raise ValueError(f'search.score must be accuracy or loss, got {config.search.score!r}')
   if config.supernet.num_sandwich < 2:
     raise ValueError(f'supernet.num_sandwich must be >= 2 (max and min), got '
                      f'{config.supernet.num_sandwich}')

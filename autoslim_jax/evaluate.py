@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -57,3 +58,74 @@ def evaluate_config(eval_step, variables, batches: Iterable[Mapping[str, np.ndar
   count = float(totals['count'])
   return {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count,
           'count': int(count)}
+
+
+def logits_with_running_averages(module: nn.Module, variables: Mapping, images: jax.Array,
+                                 config: Mapping[str, jax.Array] | None) -> jax.Array:
+  """Logits as a deployed network computes them: BatchNorm with its (calibrated) averages."""
+  return module.apply(variables, images, config, train=False)
+
+
+def make_eval_step(module: nn.Module, mesh: Mesh):
+  """(variables, batch, config) -> summed metrics with BatchNorm's running averages."""
+
+  def per_device(variables, batch, config):
+    logits = logits_with_running_averages(module, variables, batch['image'], config)
+    sums = masked_sums(logits, batch['label'], batch['mask'])
+    return jax.tree_util.tree_map(lambda x: jax.lax.psum(x, parallel.DATA_AXIS), sums)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
+                               out_specs=P()))
+
+
+def batch_statistics(module: nn.Module, variables: Mapping, images: jax.Array,
+                     config: Mapping[str, jax.Array] | None) -> dict:
+  """Every BatchNorm layer's mean and (biased) variance over ``images``, as a batch_stats tree.
+
+  Read off the BatchNorm inputs directly rather than from the momentum-updated running averages,
+  so calibration does not depend on (or need to invert) any layer's momentum.
+  """
+  captured = {}
+
+  def capture(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm) and context.method_name == '__call__':
+      x = args[0].astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      captured[tuple(context.module.path)] = {
+          'mean': mean, 'var': jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)}
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(capture):
+    module.apply(variables, images, config, train=True, mutable=['batch_stats'])
+  return flax.traverse_util.unflatten_dict(
+      {path + (name,): value for path, stats in captured.items() for name, value in stats.items()})
+
+
+def make_calibration_step(module: nn.Module, mesh: Mesh):
+  """(variables, batch, config) -> batch statistics averaged over the devices' shards."""
+
+  def per_device(variables, batch, config):
+    stats = batch_statistics(module, variables, batch['image'], config)
+    return jax.lax.pmean(stats, parallel.DATA_AXIS)
+
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
+                               out_specs=P()))
+
+
+def calibrate_batch_stats(calibration_step, variables: Mapping,
+                          batches: Iterable[Mapping[str, np.ndarray]],
+                          config: Mapping[str, jax.Array] | None, mesh: Mesh) -> dict:
+  """Fresh BatchNorm statistics for ``config``: the exact average of every batch's statistics.
+
+  design.md, section 2: reset, then a cumulative (not momentum) average over N training images.
+  Every batch (and every device's shard) has the same size, so the plain mean is exact.
+  """
+  total, count = None, 0
+  for batch in batches:
+    stats = calibration_step(variables, parallel.shard_batch(batch, mesh), config)
+    total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+    count += 1
+  if total is None:
+    raise ValueError('BatchNorm calibration got no batches')
+  return jax.device_get(jax.tree_util.tree_map(lambda x: x / count, total))

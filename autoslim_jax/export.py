@@ -117,6 +117,7 @@ def load_slim(directory: str) -> tuple[nn.Module, dict, dict]:
 
 def write_atomic(path: str, data: bytes) -> None:
   """Writes ``data`` to a temporary file and renames it, so a crash never leaves half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   temporary = f'{path}.tmp{os.getpid()}'
   with open(temporary, 'wb') as f:
     f.write(data)

@@ -23,6 +23,7 @@ restarted at step s builds the stream from step s and sees exactly the batches i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Callable, Iterator
 
@@ -310,20 +311,38 @@ def train_batches(source: DataSource, global_batch_size: int, seed: int, start_s
   return dataset.as_numpy_iterator()
 
 
-def eval_batches(source: DataSource, split: str, global_batch_size: int
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """Every example of ``split`` exactly once, in batches of one size.
+def eval_batches(source: DataSource, split: str, global_batch_size: int,
+                 max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every example of ``split`` (or its first ``max_examples``) exactly once, in batches of one
+  size.
 
   The last batch is filled up with examples from the split's start whose ``mask`` is 0: real
   images, so that BatchNorm in batch-statistics mode sees a normal batch, but not counted.
   """
   per_process = global_batch_size // jax.process_count()
   size = source.num_examples[split]
+  dataset = source.splits[split]()
+  if max_examples is not None and max_examples < size:
+    size = max_examples
+    dataset = dataset.take(max_examples)
   # Every process runs the same number of batches (its shard has at most ceil(size / count)).
   num_batches = ceil_div(ceil_div(size, jax.process_count()), per_process)
-  dataset = source.splits[split]().map(lambda ex: eval_preprocess(ex, source),
-                                       num_parallel_calls=AUTOTUNE, deterministic=True)
+  dataset = dataset.map(lambda ex: eval_preprocess(ex, source),
+                        num_parallel_calls=AUTOTUNE, deterministic=True)
   real = dataset.map(lambda ex: {**ex, 'mask': tf.constant(1.0)})
   filler = dataset.repeat().map(lambda ex: {**ex, 'mask': tf.constant(0.0)})
   padded = real.concatenate(filler).take(num_batches * per_process)
   return padded.batch(per_process, drop_remainder=True).prefetch(AUTOTUNE).as_numpy_iterator()
+
+
+def calibration_batches(source: DataSource, num_images: int, global_batch_size: int
+                        ) -> Iterator[dict[str, np.ndarray]]:
+  """Full batches of the first ``num_images`` training images (no augmentation), for BatchNorm
+  calibration; fewer if the training split is smaller."""
+  available = source.num_examples['train']
+  num_batches = max(1, min(num_images, available) // global_batch_size)
+  if num_batches * global_batch_size > available:
+    raise ValueError(f'BatchNorm calibration needs at least one full batch of '
+                     f'{global_batch_size} training images; the training split has {available}')
+  return itertools.islice(eval_batches(source, 'train', global_batch_size,
+                                       num_batches * global_batch_size), num_batches)

@@ -38,6 +38,48 @@ def mask_channels(x: jax.Array, unit: str | None, config: Config) -> jax.Array:
   return x * active.astype(x.dtype)
 
 
+def use_shifted_depthwise() -> bool:
+  """Depthwise convs as shifted multiply-adds on XLA:CPU, where the grouped conv is ~10x slower
+  (bench/bench_depthwise.py); accelerators keep the native grouped conv."""
+  return jax.default_backend() == 'cpu'
+
+
+class ShiftedDepthwiseConv(nn.Module):
+  """A depthwise conv as ``kernel_size**2`` strided slices times per-channel weights.
+
+  Same parameters (``kernel`` of shape (k, k, 1, C), same initialiser, optional ``bias``) and
+  same result as ``nn.Conv(C, (k, k), feature_group_count=C)`` with symmetric padding, so
+  checkpoints and exports do not depend on which form ran.
+  """
+  kernel_size: int
+  strides: int
+  padding: int
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s, p = self.kernel_size, self.strides, self.padding
+    channels = x.shape[-1]
+    kernel = self.param('kernel', CONV_INIT, (k, k, 1, channels), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    height = (x.shape[1] + 2 * p - k) // s + 1
+    width = (x.shape[2] + 2 * p - k) // s + 1
+    out = None
+    for i in range(k):
+      for j in range(k):
+        window = jax.lax.slice(padded, (0, i, j, 0),
+                               (x.shape[0], i + (height - 1) * s + 1, j + (width - 1) * s + 1,
+                                channels), (1, s, s, 1))
+        term = window * kernel[i, j, 0]
+        out = term if out is None else out + term
+    if self.use_bias:
+      out = out + self.param('bias', nn.initializers.zeros, (channels,), jnp.float32).astype(
+          self.dtype)
+    return out
+
+
 class SlimConv(nn.Module):
   """Conv -> BatchNorm -> activation -> channel mask, writing into ``out_unit``.
 
@@ -63,11 +105,15 @@ class SlimConv(nn.Module):
                        f'in_unit={self.in_unit!r}, out_unit={self.out_unit!r}, '
                        f'{x.shape[-1]} input channels, features={self.features}')
     pad = (self.kernel_size - 1) // 2  # symmetric, as in the reference (PyTorch) networks
-    x = nn.Conv(
-        self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=x.shape[-1] if self.depthwise else 1,
-        use_bias=not self.batch_norm, kernel_init=CONV_INIT, dtype=self.dtype, name='conv')(x)
+    if self.depthwise and use_shifted_depthwise():
+      x = ShiftedDepthwiseConv(self.kernel_size, self.strides, pad, use_bias=not self.batch_norm,
+                               dtype=self.dtype, name='conv')(x)
+    else:
+      x = nn.Conv(
+          self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
+          padding=((pad, pad), (pad, pad)),
+          feature_group_count=x.shape[-1] if self.depthwise else 1,
+          use_bias=not self.batch_norm, kernel_init=CONV_INIT, dtype=self.dtype, name='conv')(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype, name='bn')(x)

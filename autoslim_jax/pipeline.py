@@ -1,10 +1,12 @@
-"""The AutoSlim pipeline behind ``python -m autoslim_jax.main``.
+"""The AutoSlim pipeline behind ``python -m autoslim_jax.main``: supernet, search, retrain,
+export, in that order, in one workdir.
 
-Today it runs the stages that exist: it trains (or resumes, or restores) the supernet the
-config describes, scores its max, min and random configs on the whole held-out split through one
-compiled function with their MACs, params and memory, and exports the max and min networks as
-physically slim models, checking that each gives the masked supernet's logits. Greedy search,
-BN calibration and retraining are the next stages to land (see the README).
+Each stage skips itself when its outputs are complete and resumes when they are partial:
+``W/supernet`` (checkpoints), ``W/search`` (trajectory, one JSON per target, search.json when
+done), ``W/retrain/<target>/<autoslim|uniform>`` (checkpoints), and the export stage, which
+calibrates BatchNorm, measures test accuracy, writes the slim networks to ``W/export`` and the
+report: ``W/results.json``, ``W/results.md`` and ``W/plots/``. ``config.stages`` restricts the
+stages; a stage whose inputs are missing says which stage to run first.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -23,12 +24,16 @@ from autoslim_jax import defaults
 from autoslim_jax import evaluate
 from autoslim_jax import export
 from autoslim_jax import input_pipeline
+from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
 from autoslim_jax import parallel
+from autoslim_jax import plots
 from autoslim_jax import resources as resources_lib
+from autoslim_jax import retrain
+from autoslim_jax import search
 from autoslim_jax import train
 
-NUM_RANDOM_CONFIGS = 8  # random configs scored after training, besides max and min
+RESULTS_FILE = 'results.json'
 
 
 def check_data_fits(network, source) -> None:
@@ -40,6 +45,7 @@ def check_data_fits(network, source) -> None:
     raise ValueError(f'the data set {source.name} has {source.num_classes} classes but the '
                      f'network has {network.num_classes} outputs (config.model_kwargs.num_classes)')
 
+
 def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
   """The network and its channel space from a config."""
   network = models.create_network(config.model, dtype=dtype, **config.model_kwargs.to_dict())
@@ -50,77 +56,199 @@ def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
   return network, space
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Checks the config, trains (or resumes) the supernet, then scores and exports configs."""
+class Evaluator:
+  """BatchNorm calibration and test accuracy, compiled once per module."""
+
+  def __init__(self, config: ml_collections.ConfigDict, source: input_pipeline.DataSource):
+    self.config = config
+    self.source = source
+    self.mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.calibration.batch_size, 'calibration.batch_size')
+    parallel.check_batch_size(config.retrain.eval_batch_size, 'retrain.eval_batch_size')
+    self._steps = {}
+
+  def _compiled(self, module):
+    key = id(module)
+    if key not in self._steps:
+      self._steps[key] = (module, evaluate.make_calibration_step(module, self.mesh),
+                          evaluate.make_eval_step(module, self.mesh))
+    return self._steps[key][1:]
+
+  def calibrated_test(self, module, variables: Mapping[str, Any], config=None
+                      ) -> tuple[dict[str, Any], dict[str, float]]:
+    """(variables with calibrated BatchNorm, test metrics) of ``module`` at ``config``."""
+    calibration_step, eval_step = self._compiled(module)
+    calibration = self.config.calibration
+    batch_stats = evaluate.calibrate_batch_stats(
+        calibration_step, variables, input_pipeline.calibration_batches(
+            self.source, calibration.num_images, calibration.batch_size), config, self.mesh)
+    calibrated = {'params': variables['params'], 'batch_stats': batch_stats}
+    metrics = evaluate.evaluate_config(
+        eval_step, calibrated,
+        input_pipeline.eval_batches(self.source, 'test', self.config.retrain.eval_batch_size),
+        config, self.mesh)
+    return calibrated, metrics
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """Checks the config, then runs the requested stages; returns the results (export stage)."""
   defaults.check_config(config)
+  stages = defaults.parse_stages(config.stages)
   network, space = build_network(config)
   training_network, _ = build_network(config, config.supernet.compute_dtype)
+  targets = search.parse_targets(config.search.targets, network)  # refuses bad targets early
   source = input_pipeline.create_source(config.dataset)
   check_data_fits(network, source)
   os.makedirs(workdir, exist_ok=True)
-  logging.info('%s; %s', network, space)
+  logging.info('%s; %s; stages: %s', network, space, ', '.join(stages))
   logging.info('data %s: %s', source.name,
                ', '.join(f'{name} {count}' for name, count in source.num_examples.items()))
+  last_stage = stages[-1]
 
+  # Stage 1: the supernet (restored without training when a later stage needs it).
   state = train.train_supernet(config, os.path.join(workdir, 'supernet'), training_network,
-                               space, source)
-  variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
-  key_configs = jax.random.key(config.seed + 1)
+                               space, source, restore_only='supernet' not in stages)
+  supernet_variables = retrain.trained_variables(state)
+  if last_stage == 'supernet':
+    return None
+
+  # Stage 2: greedy slimming.
+  search_dir = os.path.join(workdir, 'search')
+  summary = search.read_summary(search_dir)
+  if summary is None:
+    if 'search' not in stages:
+      raise ValueError(f'the search is not complete in {search_dir}; add search to '
+                       f'config.stages')
+    logging.info('stage search: greedy slimming on the held-out split')
+    cfg = config.search
+    with latency_lib.LatencyMeter(config.model, config.model_kwargs.to_dict(),
+                                  cfg.latency_warmup, cfg.latency_repeats) as meter:
+      summary = search.run_search(config, search_dir, network, space, supernet_variables, source,
+                                  latency_fn=meter.measure)
+  else:
+    logging.info('stage search: complete (%d steps, %d targets)', summary['steps'],
+                 len(summary['targets']))
+  searched = summary['targets']
+  if last_stage == 'search':
+    return None
+
+  # Stage 3: retraining from scratch (restored when only the export is asked for).
+  retrain_dir = os.path.join(workdir, 'retrain')
+  retrained = None
+  if 'retrain' in stages or os.path.isdir(retrain_dir):
+    retrained = retrain.run_retrain(config, retrain_dir, network, searched, source,
+                                    restore_only='retrain' not in stages)
+  if last_stage == 'retrain':
+    return None
+
+  # Stage 4: calibrate, test, export, report.
+  results_path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(results_path):
+    logging.info('stage export: complete (%s)', results_path)
+    with open(results_path) as f:
+      results = json.load(f)
+  else:
+    results = export_and_report(config, workdir, network, space, supernet_variables, searched,
+                                retrained, source)
+  print_results(results, workdir)
+  return results
+
+
+def export_and_report(config, workdir: str, network, space, supernet_variables, searched,
+                      retrained, source) -> dict[str, Any]:
+  """Test accuracy (after BN calibration) of every net, slim exports, results and plots."""
+  logging.info('stage export: BatchNorm calibration on %d training images, test accuracy, '
+               'slim exports', config.calibration.num_images)
+  evaluator = Evaluator(config, source)
   resource_model = resources_lib.ResourceModel(network)
   supernet = network.supernet()
-  mesh = parallel.make_mesh()
-  eval_step = evaluate.make_batch_stats_eval_step(supernet, mesh)
+  model_kwargs = config.model_kwargs.to_dict()
+  export_dir = os.path.join(workdir, 'export')
 
-  named_configs = [('max', space.max_config()), ('min', space.min_config())]
-  sample = jax.jit(space.sample)
-  for i, key in enumerate(jax.random.split(key_configs, NUM_RANDOM_CONFIGS)):
-    named_configs.append((f'random{i}', {n: int(c) for n, c in sample(key).items()}))
+  def describe(channels):
+    return {'channels': dict(channels), **resource_model(channels)}
+
+  def save(name, family, channels, variables):
+    directory = os.path.join(export_dir, name, family)
+    export.save_slim(directory, network, model_kwargs, channels, variables)
+    return directory
 
   rows = []
-  start = time.perf_counter()
-  for name, channel_config in named_configs:
-    scores = evaluate.evaluate_config(
-        eval_step, variables,
-        input_pipeline.eval_batches(source, 'heldout', config.supernet.eval_batch_size),
-        space.as_arrays(channel_config), mesh)
-    rows.append({'name': name, **resource_model(channel_config), **scores})
-    logging.info('%-8s MACs %8.3fM params %7.4fM memory %7.4fM held-out accuracy %.4f loss %.4f',
-                 name, rows[-1]['macs'] / 1e6, rows[-1]['params'] / 1e6,
-                 rows[-1]['memory'] / 1e6, rows[-1]['accuracy'], rows[-1]['loss'])
-  compilations = eval_step._cache_size()  # pylint: disable=protected-access
-  logging.info('scored %d configs on all %d held-out images in %.1fs with %d compilation(s)',
-               len(rows), rows[0]['count'], time.perf_counter() - start, compilations)
+  for record in searched:
+    start = time.perf_counter()
+    channels = record['channels']
+    calibrated, supernet_metrics = evaluator.calibrated_test(
+        supernet, supernet_variables, space.as_arrays(channels))
+    autoslim = {**describe(channels), 'latency_ms': record.get('latency_ms'),
+                'heldout_accuracy': record['heldout_accuracy'],
+                'supernet_test_accuracy': supernet_metrics['accuracy'], 'test_accuracy': None}
+    if network.official_layout is not None:
+      autoslim['channel_num_list'] = network.config_to_list(channels)
+    row = {'name': record['name'], 'metric': record['metric'], 'value': record['value'],
+           'autoslim': autoslim, 'uniform': None, 'difference': None}
+    if retrained is None:
+      _, slim_vars = export.export_slim(network, calibrated, channels)
+      autoslim['export'] = save(record['name'], 'supernet_slice', channels, slim_vars)
+    for family in retrain.FAMILIES if retrained is not None else ():
+      if family not in retrained:
+        continue
+      if family == 'autoslim':
+        entry, family_channels = autoslim, channels
+      else:
+        baseline = retrain.baseline_for(network, record)
+        family_channels = baseline['channels']
+        entry = row['uniform'] = {'width_mult': baseline['width_mult'],
+                                  **describe(family_channels), 'test_accuracy': None}
+      if config.retrain.mode == 'individual':
+        state = retrained[family][record['name']]
+        module = network.slim_module(family_channels)
+        slim_vars, metrics = evaluator.calibrated_test(module,
+                                                       retrain.trained_variables(state))
+      else:
+        joint_vars, metrics = evaluator.calibrated_test(
+            supernet, retrain.trained_variables(retrained[family]),
+            space.as_arrays(family_channels))
+        _, slim_vars = export.export_slim(network, joint_vars, family_channels)
+      entry['test_accuracy'] = metrics['accuracy']
+      entry['test_loss'] = metrics['loss']
+      entry['export'] = save(record['name'], family, family_channels, slim_vars)
+    if row['uniform'] is not None:
+      row['difference'] = autoslim['test_accuracy'] - row['uniform']['test_accuracy']
+    rows.append(row)
+    logging.info('export %s: supernet test accuracy %.4f, retrained %s, uniform %s (%.1fs)',
+                 record['name'], supernet_metrics['accuracy'],
+                 _format_accuracy(autoslim['test_accuracy']),
+                 _format_accuracy(row['uniform'] and row['uniform']['test_accuracy']),
+                 time.perf_counter() - start)
 
-  exports = {}
-  test_images = next(input_pipeline.eval_batches(source, 'test', 64))['image']
-  for name, channel_config in named_configs[:2]:
-    module, slim_vars = export.export_slim(network, variables, channel_config)
-    directory = os.path.join(workdir, 'export', name)
-    export.save_slim(directory, network, config.model_kwargs.to_dict(), channel_config, slim_vars)
-    slim_logits = module.apply(slim_vars, test_images, train=False)
-    masked_logits = supernet.apply(variables, test_images, space.as_arrays(channel_config),
-                                   train=False)
-    difference = float(jnp.max(jnp.abs(slim_logits - masked_logits)))
-    exports[name] = {'directory': directory, 'max_abs_logit_difference': difference,
-                     'params': export.count_params(slim_vars['params'])}
-    logging.info('exported %s network to %s: %d params, max |slim - masked logits| = %.2e',
-                 name, directory, exports[name]['params'], difference)
-
-  summary = {'network': repr(network), 'space': repr(space), 'configs': rows,
-             'compilations': compilations, 'exports': exports}
-  export.write_atomic(os.path.join(workdir, 'summary.json'),
-                      json.dumps(summary, indent=1).encode())
-  print_summary(rows, workdir)
-  return summary
+  results = {
+      'model': config.model, 'model_kwargs': model_kwargs, 'dataset': source.name,
+      'units': list(network.unit_names), 'max': describe(space.max_config()),
+      'retrain': None if retrained is None else {
+          'mode': config.retrain.mode, 'num_epochs': config.retrain.num_epochs,
+          'batch_size': config.retrain.batch_size},
+      'calibration_images': config.calibration.num_images,
+      'test_images': source.num_examples['test'], 'targets': rows,
+      'search_trajectory': os.path.join(workdir, 'search', search.TRAJECTORY_FILE)}
+  plot_dir = os.path.join(workdir, 'plots')
+  trajectory = search.read_trajectory(os.path.join(workdir, 'search'))
+  plots.plot_trajectory(trajectory, searched, os.path.join(plot_dir, 'search_trajectory.png'),
+                        title=f'greedy slimming: {network.name} on {source.name}')
+  plots.plot_accuracy_vs_macs(results, os.path.join(plot_dir, 'accuracy_vs_macs.png'))
+  plots.plot_all_channels(results, plot_dir)
+  export.write_atomic(os.path.join(workdir, 'results.md'), plots.results_table(results).encode())
+  # Written last: its presence marks the export stage complete.
+  export.write_atomic(os.path.join(workdir, RESULTS_FILE), json.dumps(results, indent=1).encode())
+  return results
 
 
-def print_summary(rows, workdir: str) -> None:
-  print(f'\n{"config":8s} {"MACs (M)":>9s} {"params (M)":>10s} {"memory (M)":>10s} '
-        f'{"held-out acc":>12s}')
-  for row in rows:
-    print(f'{row["name"]:8s} {row["macs"] / 1e6:9.3f} {row["params"] / 1e6:10.4f} '
-          f'{row["memory"] / 1e6:10.4f} {row["accuracy"]:12.3f}')
-  print(f'\nresults: {os.path.join(workdir, "summary.json")}; slim exports: '
+def _format_accuracy(value):
+  return '-' if value is None else f'{value:.4f}'
+
+
+def print_results(results: Mapping[str, Any], workdir: str) -> None:
+  print()
+  print(plots.results_table(results))
+  print(f'results: {os.path.join(workdir, RESULTS_FILE)}, {os.path.join(workdir, "results.md")}; '
+        f'plots: {os.path.join(workdir, "plots")}; slim networks: '
         f'{os.path.join(workdir, "export")}')
-  print('held-out accuracy: the supernet with BatchNorm in batch-statistics mode, as the greedy '
-        'search will score configs (the search stage is next).')

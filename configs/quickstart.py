@@ -40,4 +40,22 @@ def get_config():
   config.supernet.eval_every_steps = 50
   config.supernet.checkpoint_every_steps = 50
   config.supernet.eval_batch_size = 304  # the whole held-out split in one batch
+
+  # Two budgets: the MACs of the uniform 0.35x and 0.25x networks (the max network is 0.5x).
+  config.search.targets.macs_of_width = [0.35, 0.25]
+  config.search.batch_size = 304
+
+  config.calibration.num_images = 512
+  config.calibration.batch_size = 128
+
+  config.retrain.batch_size = 64
+  config.retrain.num_epochs = 4.0
+  config.retrain.base_learning_rate = 0.05
+  config.retrain.base_batch_size = 64
+  config.retrain.schedule = 'cosine'
+  config.retrain.warmup_epochs = 0.5
+  config.retrain.weight_decay = 5e-5
+  config.retrain.log_every_steps = 20
+  config.retrain.checkpoint_every_steps = 50
+  config.retrain.eval_batch_size = 304
   return config

@@ -124,8 +124,8 @@ class Network:
 
   def init(self, key: jax.Array, batch_size: int = 1) -> dict:
     """Supernet variables (params and batch_stats)."""
-    return self.supernet().init(
-        key, jnp.zeros((batch_size,) + self.input_shape, jnp.float32), train=False)
+    init = jax.jit(functools.partial(self.supernet().init, train=False))
+    return init(key, jnp.zeros((batch_size,) + self.input_shape, jnp.float32))
 
   def uniform_config(self, width_mult: float) -> dict[str, int]:
     """The uniform width-multiplier network as a config of this supernet."""

@@ -1,0 +1,343 @@
+"""Greedy slimming (design.md, sections 1-2): from the max config, remove one channel group at a
+time, from the unit whose removal costs the least held-out accuracy.
+
+Each step builds one candidate per unit that can still lose a group and scores every candidate
+on the held-out split with BatchNorm in batch-statistics mode. Candidates are scored in chunks of
+``search.chunk_size`` configs vmapped over their channel counts inside one compiled function
+(every chunk of every step has the same shape: the last chunk is padded with repeats), so the
+whole search compiles once. Scores are exact sums over every held-out example, so chunked and
+one-at-a-time evaluation choose identically.
+
+Every resource target (MACs, params, memory, latency) is reached by the first config of the
+trajectory at or under it; the search stops once every target is reached (or at the min config
+when there are none). The trajectory is saved after every step and a restarted search continues
+from its last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from autoslim_jax import channels as channels_lib
+from autoslim_jax import evaluate
+from autoslim_jax import export
+from autoslim_jax import input_pipeline
+from autoslim_jax import parallel
+from autoslim_jax import plots
+from autoslim_jax import resources as resources_lib
+from autoslim_jax.models.base import Network
+
+METRICS = ('macs', 'params', 'memory', 'latency_ms')
+SCORES = ('accuracy', 'loss')
+TRAJECTORY_FILE = 'trajectory.jsonl'
+SETTINGS_FILE = 'settings.json'
+SUMMARY_FILE = 'search.json'  # written last: the search is complete
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str  # e.g. 'macs_200M', 'latency_ms_5', 'macs_0.75x'
+  metric: str  # one of METRICS
+  value: float
+
+
+def format_amount(value: float) -> str:
+  """200e6 -> '200M', 3.5e6 -> '3.5M', 5 -> '5'."""
+  for scale, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
+    if abs(value) >= scale:
+      return f'{value / scale:.4g}{suffix}'
+  return f'{value:.4g}'
+
+
+def parse_targets(targets: ml_collections.ConfigDict, network: Network) -> list[Target]:
+  """The config's targets, strictest last within each metric.
+
+  ``macs_of_width: [0.75]`` is the MACs of the uniform 0.75x network (the paper's CIFAR budgets).
+  """
+  parsed = []
+  for metric in METRICS:
+    for value in sorted(targets[metric], reverse=True):
+      if not value > 0:
+        raise ValueError(f'search.targets.{metric}: {value} is not a positive number')
+      parsed.append(Target(f'{metric}_{format_amount(value)}', metric, float(value)))
+  resource_model = resources_lib.ResourceModel(network)
+  for width in sorted(targets.macs_of_width, reverse=True):
+    if not 0 < width <= network.max_width_mult:
+      raise ValueError(f'search.targets.macs_of_width: {width} is not a width multiplier in '
+                       f'(0, {network.max_width_mult}] (the supernet max width)')
+    parsed.append(Target(f'macs_{width:g}x', 'macs',
+                         float(resource_model(network.uniform_config(width))['macs'])))
+  names = [t.name for t in parsed]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'search.targets: {duplicates} given twice')
+  return parsed
+
+
+def check_targets_reachable(targets: Sequence[Target], at_max: Mapping[str, float],
+                            at_min: Mapping[str, float]) -> None:
+  """Refuses, before any search step, a target that no config between min and max can meet."""
+  for target in targets:
+    low, high = at_min[target.metric], at_max[target.metric]
+    if not low <= target.value <= high:
+      raise ValueError(
+          f'search target {target.name} ({target.metric} <= {target.value:g}) is outside the '
+          f'reachable range: the min config has {target.metric} {low:g} and the max config '
+          f'{high:g}; give a value in [{low:g}, {high:g}]')
+
+
+def candidates(space: channels_lib.ChannelSpace, config: Mapping[str, int]
+               ) -> list[tuple[str, dict[str, int]]]:
+  """One candidate per unit that can still lose a group: (unit, config with that unit slimmed)."""
+  result = []
+  for unit in space.units:
+    index = unit.choices.index(config[unit.name])
+    if index > 0:
+      result.append((unit.name, {**config, unit.name: unit.choices[index - 1]}))
+  return result
+
+
+def make_candidate_scorer(module: nn.Module, mesh: Mesh):
+  """(variables, sharded batch, chunk of configs) -> per-candidate sums over the batch.
+
+  The configs are a dict unit -> int array (chunk,): the network is vmapped over them, so a chunk
+  costs one call; BatchNorm normalises each candidate by its own batch statistics.
+  """
+
+  def per_device(variables, batch, configs):
+    def one_candidate(config):
+      logits = evaluate.logits_with_batch_stats(module, variables, batch['image'], config)
+      return evaluate.masked_sums(logits, batch['label'], batch['mask'])
+
+    sums = jax.vmap(one_candidate)(configs)
+    return jax.tree_util.tree_map(lambda x: x[None], sums)
+
+  # Per-device sums, added up by the caller: no collective inside the vmapped program (on
+  # XLA:CPU with many fake devices an all-reduce there can starve the shared thread pool).
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
+                               out_specs=P(parallel.DATA_AXIS)))
+
+
+def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]],
+                  configs: Sequence[Mapping[str, int]], space: channels_lib.ChannelSpace,
+                  chunk_size: int, mesh: Mesh) -> list[dict[str, float]]:
+  """Held-out accuracy, loss and correct count of every config, ``chunk_size`` at a time.
+
+  Each batch is moved to the devices once and scored by every chunk.
+  """
+  matrix = space.matrix(configs)
+  padding = (-len(configs)) % chunk_size
+  matrix = np.concatenate([matrix, np.repeat(matrix[-1:], padding, axis=0)])
+  chunks = [parallel.replicate(
+      {name: jnp.asarray(part[:, i], jnp.int32) for i, name in enumerate(space.unit_names)}, mesh)
+            for part in np.split(matrix, len(matrix) // chunk_size)]
+  totals = [None] * len(chunks)
+  for batch in batches:
+    sharded = parallel.shard_batch(batch, mesh)
+    for i, chunk in enumerate(chunks):
+      sums = scorer(variables, sharded, chunk)
+      totals[i] = sums if totals[i] is None else jax.tree_util.tree_map(jnp.add, totals[i], sums)
+  totals = jax.device_get(totals)  # per device: (devices, chunk) each
+  stacked = {key: np.concatenate([np.sum(t[key], 0) for t in totals])[:len(configs)]
+             for key in totals[0]}
+  return [{'accuracy': float(correct) / float(count), 'loss': float(loss) / float(count),
+           'correct': int(round(float(correct))), 'count': int(round(float(count)))}
+          for correct, loss, count in zip(stacked['correct'], stacked['loss'], stacked['count'])]
+
+
+def best_candidate(scores: Sequence[Mapping[str, float]], score: str) -> int:
+  """Index of the candidate that keeps the most: accuracy (ties: lower loss) or loss alone.
+
+  Remaining ties go to the first candidate (unit order), so the search is deterministic.
+  """
+  if score == 'accuracy':
+    keys = [(s['correct'], -s['loss']) for s in scores]
+  elif score == 'loss':
+    keys = [(-s['loss'],) for s in scores]
+  else:
+    raise ValueError(f'unknown search.score {score!r}; valid: accuracy, loss')
+  return max(range(len(keys)), key=lambda i: (keys[i], -i))
+
+
+def first_under(trajectory: Sequence[Mapping[str, Any]], target: Target) -> int | None:
+  """Index of the first trajectory step whose ``target.metric`` is at or under the target."""
+  for index, step in enumerate(trajectory):
+    if step[target.metric] is not None and step[target.metric] <= target.value:
+      return index
+  return None
+
+
+def read_trajectory(directory: str) -> list[dict[str, Any]]:
+  path = os.path.join(directory, TRAJECTORY_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_trajectory(directory: str, trajectory: Sequence[Mapping[str, Any]]) -> None:
+  """The whole file, atomically: a crash leaves either the old or the new trajectory."""
+  text = ''.join(json.dumps(step) + '\n' for step in trajectory)
+  export.write_atomic(os.path.join(directory, TRAJECTORY_FILE), text.encode())
+
+
+def search_settings(config: ml_collections.ConfigDict, targets: Sequence[Target]) -> dict:
+  """What decides the trajectory; a workdir searched with other settings is refused."""
+  cfg = config.search
+  return {'model': config.model, 'model_kwargs': config.model_kwargs.to_dict(),
+          'groups': config.groups, 'min_width': config.min_width, 'seed': config.seed,
+          'score': cfg.score, 'num_images': cfg.num_images, 'batch_size': cfg.batch_size,
+          'targets': [dataclasses.asdict(t) for t in targets]}
+
+
+def check_settings(directory: str, settings: Mapping[str, Any]) -> None:
+  path = os.path.join(directory, SETTINGS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != json.loads(json.dumps(settings)):
+      changed = sorted(k for k in set(saved) | set(settings)
+                       if json.dumps(saved.get(k)) != json.dumps(settings.get(k)))
+      raise ValueError(f'{directory} holds a search with other settings ({", ".join(changed)} '
+                       f'differ); use a new workdir or delete {directory} to search again')
+  else:
+    export.write_atomic(path, json.dumps(settings, indent=1).encode())
+
+
+def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network,
+               space: channels_lib.ChannelSpace, variables: Mapping[str, Any],
+               source: input_pipeline.DataSource,
+               latency_fn: Callable[[Mapping[str, int]], float] | None = None,
+               stop_after_step: int | None = None) -> dict[str, Any]:
+  """Greedy slimming of the supernet ``variables``; resumes from ``workdir`` and returns the
+  summary (the targets' records), also written to ``workdir/search.json``.
+
+  ``latency_fn(config) -> ms`` measures the slim network; required for latency targets.
+  ``stop_after_step`` ends after saving that step (as a preemption would), for tests.
+  """
+  cfg = config.search
+  targets = parse_targets(cfg.targets, network)
+  measure_latency = cfg.measure_latency or any(t.metric == 'latency_ms' for t in targets)
+  if measure_latency and latency_fn is None:
+    raise ValueError('latency targets need a latency measurement (latency_fn)')
+  if cfg.score not in SCORES:  # refused now, not after the first step
+    raise ValueError(f'unknown search.score {cfg.score!r}; valid: {", ".join(SCORES)}')
+  resource_model = resources_lib.ResourceModel(network)
+
+  def resources_of(channel_config):
+    result = {k: int(v) for k, v in resource_model(channel_config).items()}
+    result['latency_ms'] = latency_fn(channel_config) if measure_latency else None
+    return result
+
+  max_config, min_config = space.max_config(), space.min_config()
+  bounds = {}
+  if targets:
+    bounds = {'max': resources_of(max_config), 'min': resources_of(min_config)}
+    check_targets_reachable(targets, bounds['max'], bounds['min'])
+  os.makedirs(workdir, exist_ok=True)
+  check_settings(workdir, search_settings(config, targets))
+
+  parallel.check_batch_size(cfg.batch_size, 'search.batch_size')
+  mesh = parallel.make_mesh()
+  chunk_size = cfg.chunk_size or len(space.units)
+  if chunk_size < 0:
+    raise ValueError(f'search.chunk_size must be >= 0 (0 = all candidates), got {chunk_size}')
+  scorer = make_candidate_scorer(network.supernet(), mesh)
+  variables = parallel.replicate(variables, mesh)
+  num_images = cfg.num_images or None
+  heldout = list(input_pipeline.eval_batches(source, 'heldout', cfg.batch_size, num_images))
+
+  def score(configs):
+    return score_configs(scorer, variables, heldout, configs, space, chunk_size, mesh)
+
+  def reached_all(trajectory):
+    return all(first_under(trajectory, t) is not None for t in targets)
+
+  trajectory = read_trajectory(workdir)
+  if trajectory:
+    logging.info('search: resuming after step %d', trajectory[-1]['step'])
+  else:
+    start = time.perf_counter()
+    (scores,) = score([max_config])
+    trajectory = [{'step': 0, 'unit': None, 'channels': max_config,
+                   'heldout_accuracy': scores['accuracy'], 'heldout_loss': scores['loss'],
+                   **(bounds.get('max') or resources_of(max_config)), 'candidates': 0,
+                   'seconds': time.perf_counter() - start}]
+    write_trajectory(workdir, trajectory)
+  logging.info('search: targets %s; %d held-out images in %d batches; %d candidates per call',
+               ', '.join(t.name for t in targets) or 'none (down to the min config)',
+               sum(int(b['mask'].sum()) for b in heldout), len(heldout), chunk_size)
+
+  while not (targets and reached_all(trajectory)) and trajectory[-1]['step'] != stop_after_step:
+    current = trajectory[-1]['channels']
+    options = candidates(space, current)
+    if not options:
+      break
+    start = time.perf_counter()
+    scores = score([c for _, c in options])
+    chosen = best_candidate(scores, cfg.score)
+    unit, channel_config = options[chosen]
+    trajectory.append({
+        'step': len(trajectory), 'unit': unit, 'channels': channel_config,
+        'heldout_accuracy': scores[chosen]['accuracy'], 'heldout_loss': scores[chosen]['loss'],
+        **resources_of(channel_config), 'candidates': len(options),
+        'seconds': time.perf_counter() - start})
+    write_trajectory(workdir, trajectory)
+    step = trajectory[-1]
+    reached = sum(first_under(trajectory, t) is not None for t in targets)
+    logging.info('search step %d: %s %d -> %d channels (%d candidates, %.2fs); held-out '
+                 'accuracy %.4f loss %.4f; MACs %.4gM%s; targets reached %d/%d',
+                 step['step'], unit, current[unit], channel_config[unit], len(options),
+                 step['seconds'], step['heldout_accuracy'], step['heldout_loss'],
+                 step['macs'] / 1e6,
+                 '' if step['latency_ms'] is None else f', latency {step["latency_ms"]:.3f} ms',
+                 reached, len(targets))
+
+  if trajectory[-1]['step'] == stop_after_step and not (targets and reached_all(trajectory)):
+    return {'complete': False, 'steps': len(trajectory) - 1}
+  return finish_search(workdir, network, trajectory, targets)
+
+
+def finish_search(workdir: str, network: Network, trajectory: Sequence[Mapping[str, Any]],
+                  targets: Sequence[Target]) -> dict[str, Any]:
+  """Writes each target's record, the trajectory plot and the summary (completion marker)."""
+  records = []
+  for target in targets:
+    index = first_under(trajectory, target)
+    record = {'name': target.name, 'metric': target.metric, 'value': target.value,
+              **{k: v for k, v in trajectory[index].items() if k not in ('candidates',
+                                                                          'seconds')}}
+    if network.official_layout is not None:
+      record['channel_num_list'] = network.config_to_list(record['channels'])
+    records.append(record)
+    export.write_atomic(os.path.join(workdir, 'targets', f'{target.name}.json'),
+                        json.dumps(record, indent=1).encode())
+  plot = plots.plot_trajectory(trajectory, records, os.path.join(workdir, 'trajectory.png'),
+                               title=f'greedy slimming: {network.name}')
+  summary = {'complete': True, 'steps': len(trajectory) - 1, 'targets': records,
+             'trajectory': os.path.join(workdir, TRAJECTORY_FILE), 'plot': plot}
+  export.write_atomic(os.path.join(workdir, SUMMARY_FILE),
+                      json.dumps(summary, indent=1).encode())
+  return summary
+
+
+def read_summary(workdir: str) -> dict[str, Any] | None:
+  """The finished search's summary, or None if the search has not completed."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
