@@ -22,40 +22,41 @@ def get_config():
   config.model_kwargs.image_size = 8
   config.model_kwargs.in_channels = 1
   config.model_kwargs.num_classes = 10
+  config.groups = 6  # coarser than the paper's 12: half the greedy steps
 
   config.dataset.name = 'digits'
-  config.dataset.heldout_size = 300
+  config.dataset.heldout_size = 200
   config.dataset.augmentation = 'shift'
   config.dataset.shuffle_buffer = 1500
   config.dataset.cache = True
 
   config.supernet.batch_size = 64
-  config.supernet.num_epochs = 6.0
+  config.supernet.num_epochs = 15.0
   config.supernet.base_learning_rate = 0.03
   config.supernet.base_batch_size = 64
   config.supernet.schedule = 'cosine'
   config.supernet.warmup_epochs = 0.5
   config.supernet.weight_decay = 5e-5
-  config.supernet.log_every_steps = 10
-  config.supernet.eval_every_steps = 50
-  config.supernet.checkpoint_every_steps = 50
-  config.supernet.eval_batch_size = 304  # the whole held-out split in one batch
+  config.supernet.log_every_steps = 20
+  config.supernet.eval_every_steps = 100
+  config.supernet.checkpoint_every_steps = 100
+  config.supernet.eval_batch_size = 200  # the whole held-out split in one batch
 
-  # Two budgets: the MACs of the uniform 0.35x and 0.25x networks (the max network is 0.5x).
-  config.search.targets.macs_of_width = [0.35, 0.25]
-  config.search.batch_size = 304
+  # Two budgets: the MACs of the uniform 0.4x and 0.3x networks (the max network is 0.5x).
+  config.search.targets.macs_of_width = [0.4, 0.3]
+  config.search.batch_size = 200
 
   config.calibration.num_images = 512
   config.calibration.batch_size = 128
 
   config.retrain.batch_size = 64
-  config.retrain.num_epochs = 4.0
-  config.retrain.base_learning_rate = 0.05
+  config.retrain.num_epochs = 10.0
+  config.retrain.base_learning_rate = 0.1
   config.retrain.base_batch_size = 64
   config.retrain.schedule = 'cosine'
   config.retrain.warmup_epochs = 0.5
   config.retrain.weight_decay = 5e-5
   config.retrain.log_every_steps = 20
-  config.retrain.checkpoint_every_steps = 50
+  config.retrain.checkpoint_every_steps = 100
   config.retrain.eval_batch_size = 304
   return config

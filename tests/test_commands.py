@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
+
+from autoslim_jax import export
 
 LIST_305 = ('[8,8,96,16,96,16,96,24,144,24,144,24,144,56,288,56,288,56,288,56,288,96,432,96,432,'
             '96,864,240,1440,240,960,240,1440,480,1920,1000]')
@@ -65,23 +68,56 @@ def test_profile_refuses_malformed_lists(channels, message):
   assert 'Traceback' not in result.stderr
 
 
-def test_main_quickstart(tmp_path):
+SHORT_QUICKSTART = ('--config=configs/quickstart.py', '--config.supernet.num_epochs=0.25',
+                    '--config.search.targets.macs_of_width=[0.45]',
+                    '--config.retrain.num_epochs=0.25')
+
+
+def test_main_quickstart_stages_then_resume(tmp_path):
+  """The whole pipeline, shortened (5 supernet steps, a target close to the max, 5 retraining
+  steps): first restricted to supernet and search, then the rest, then a rerun that only reads."""
   workdir = tmp_path / 'quick'
-  # A shortened schedule (5 steps): the full quickstart takes ~3 minutes on 2 cores.
-  result = run('autoslim_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
-               '--config.supernet.num_epochs=0.3')
-  summary = json.loads((workdir / 'summary.json').read_text())
-  assert summary['compilations'] == 1
-  assert [row['name'] for row in summary['configs']][:2] == ['max', 'min']
-  for name in ('max', 'min'):
-    assert summary['exports'][name]['max_abs_logit_difference'] < 1e-4
-    assert (workdir / 'export' / name / 'model.json').exists()
-  assert 'held-out acc' in result.stdout
+  first = run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}',
+              '--config.stages=supernet,search')
   assert os.listdir(workdir / 'supernet' / 'checkpoints') == ['5']
-  # rerun: the finished supernet is restored, not trained again
-  rerun = run('autoslim_jax.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
-              '--config.supernet.num_epochs=0.3')
-  assert 'training complete' in rerun.stderr
+  assert (workdir / 'search' / 'search.json').exists()
+  assert not (workdir / 'retrain').exists() and not (workdir / 'results.json').exists()
+  assert 'search step 1:' in first.stderr
+
+  run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
+  results = json.loads((workdir / 'results.json').read_text())
+  (target,) = results['targets']
+  assert target['name'] == 'macs_0.45x' and target['metric'] == 'macs'
+  for family in ('autoslim', 'uniform'):
+    entry = target[family]
+    assert entry['macs'] <= target['value']
+    for key in ('channels', 'macs', 'params', 'memory', 'test_accuracy'):
+      assert entry[key] is not None, (family, key)
+    module, variables, description = export.load_slim(entry['export'])
+    assert description['channels'] == entry['channels']
+    logits = module.apply(variables, np.zeros((2, 8, 8, 1), np.float32), train=False)
+    assert logits.shape == (2, 10)
+  assert 0 < target['uniform']['width_mult'] <= 0.45
+  assert target['difference'] == pytest.approx(
+      target['autoslim']['test_accuracy'] - target['uniform']['test_accuracy'])
+  assert 'macs_0.45x' in (workdir / 'results.md').read_text()
+  for plot in ('search_trajectory.png', 'accuracy_vs_macs.png', 'channels_macs_0.45x.png'):
+    assert (workdir / 'plots' / plot).stat().st_size > 1000
+
+  rerun = run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
+  assert 'supernet: training complete' in rerun.stderr
+  assert 'stage search: complete' in rerun.stderr
+  assert 'retrain macs_0.45x autoslim: training complete' in rerun.stderr
+  assert 'stage export: complete' in rerun.stderr
+  assert '| macs_0.45x |' in rerun.stdout
+
+
+def test_main_refuses_a_stage_whose_inputs_are_missing(tmp_path):
+  result = run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={tmp_path}',
+               '--config.stages=search', check=False)
+  assert result.returncode == 2
+  assert 'supernet: training is not complete' in result.stderr
+  assert 'run its stage first' in result.stderr
 
 
 def test_main_refuses_unknown_model(tmp_path):

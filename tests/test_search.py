@@ -1,0 +1,243 @@
+"""Greedy slimming, BatchNorm calibration and the uniform baseline, on 8 fake devices."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from autoslim_jax import defaults
+from autoslim_jax import evaluate
+from autoslim_jax import input_pipeline
+from autoslim_jax import latency
+from autoslim_jax import parallel
+from autoslim_jax import resources
+from autoslim_jax import retrain
+from autoslim_jax import search
+
+# Blocks with a residual connection: with their projection zeroed, their expansion width cannot
+# change the network's output, so the greedy search must slim those units first.
+IRRELEVANT_BLOCKS = (4, 8)
+# Batch-statistics BatchNorm needs real batches: over 2 images per device it amplifies float
+# rounding (variance of near-equal values) until vmapped and single evaluation disagree.
+HELDOUT = 128
+
+
+def _irrelevant_variables(network):
+  variables = jax.device_get(network.init(jax.random.key(0)))
+  for block in IRRELEVANT_BLOCKS:
+    project = variables['params'][f'block{block}']['project']
+    project['conv']['kernel'] = np.zeros_like(project['conv']['kernel'])
+    project['bn']['bias'] = np.zeros_like(project['bn']['bias'])
+  return variables
+
+
+def _config(network_kwargs, targets=(), chunk_size=0):
+  config = defaults.get_default_config()
+  config.model_kwargs = ml_collections.ConfigDict(network_kwargs)
+  config.search.targets.macs = list(targets)
+  config.search.batch_size = HELDOUT
+  config.search.chunk_size = chunk_size
+  return config
+
+
+@pytest.fixture(scope='module')
+def setting(tiny_network):
+  """A source whose held-out labels are the max network's own predictions: every unit that
+  changes the logits flips some of them and loses accuracy; the irrelevant ones lose nothing."""
+  variables = _irrelevant_variables(tiny_network)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (HELDOUT + 64, 8, 8, 3)).astype(np.uint8)
+  arrays = {'x_train': images, 'y_train': np.zeros(len(images), np.int64),
+            'x_test': images[:8], 'y_test': np.zeros(8, np.int64)}
+  source = input_pipeline.array_source('random', arrays, HELDOUT, (0.5,) * 3, (0.25,) * 3)
+  batch = next(input_pipeline.eval_batches(source, 'heldout', HELDOUT))
+  space = tiny_network.channel_space()
+  # As the search will see them: BatchNorm over each of the 8 devices' shards of the batch.
+  shards = np.split(batch['image'], jax.device_count())
+  logits = np.concatenate([evaluate.logits_with_batch_stats(
+      tiny_network.supernet(), variables, shard, space.as_arrays(space.max_config()))
+                           for shard in shards])
+  arrays['y_train'][:HELDOUT] = np.argmax(logits, -1)
+  source = input_pipeline.array_source('random', arrays, HELDOUT, (0.5,) * 3, (0.25,) * 3)
+  return variables, source
+
+
+def _kwargs(network):
+  return dict(layout='cifar', width_mult=0.5, image_size=8)
+
+
+def test_chunked_vmapped_scores_equal_one_at_a_time(tiny_network, setting):
+  variables, source = setting
+  space = tiny_network.channel_space()
+  mesh = parallel.make_mesh()
+  scorer = search.make_candidate_scorer(tiny_network.supernet(), mesh)
+  batches = list(input_pipeline.eval_batches(source, 'heldout', 64))  # 2 batches of 64
+  configs = [c for _, c in search.candidates(space, space.max_config())]
+  # Some candidates far from the max config too.
+  configs += [{**space.min_config(), 'last': 1280}, space.min_config()]
+  replicated = parallel.replicate(variables, mesh)
+  by_size = {size: search.score_configs(scorer, replicated, batches, configs, space, size, mesh)
+             for size in (1, 4, len(space.units))}
+  one = by_size[1]
+  assert all(s['count'] == HELDOUT for s in one)
+  for size, scores in by_size.items():
+    assert [s['correct'] for s in scores] == [s['correct'] for s in one], size
+    np.testing.assert_allclose([s['loss'] for s in scores], [s['loss'] for s in one], rtol=1e-6)
+    assert search.best_candidate(scores, 'accuracy') == search.best_candidate(one, 'accuracy')
+  assert scorer._cache_size() == 3  # pylint: disable=protected-access  # one per chunk size
+
+
+def _search(network, variables, source, workdir, **kwargs):
+  config = _config(_kwargs(network), targets=kwargs.pop('targets', ()),
+                   chunk_size=kwargs.pop('chunk_size', 0))
+  return search.run_search(config, str(workdir), network, network.channel_space(), variables,
+                           source, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def straight_run(tiny_network, setting, tmp_path_factory):
+  variables, source = setting
+  workdir = tmp_path_factory.mktemp('search')
+  model = resources.ResourceModel(tiny_network)
+  space = tiny_network.channel_space()
+  steps_to_clear = sum(len(space[f'block{b}_expand'].choices) - 1 for b in IRRELEVANT_BLOCKS)
+  full = model(space.max_config())['macs']
+  # Two targets: one reached right after slimming the irrelevant units, one a little later.
+  after_irrelevant = dict(space.max_config())
+  for block in IRRELEVANT_BLOCKS:
+    after_irrelevant[f'block{block}_expand'] = space[f'block{block}_expand'].min_channels
+  first_target = model(after_irrelevant)['macs'] + 1
+  targets = (first_target, 0.85 * full)
+  summary = _search(tiny_network, variables, source, workdir, targets=targets)
+  return workdir, summary, steps_to_clear, targets
+
+
+def test_search_slims_units_that_cannot_matter_first(straight_run):
+  workdir, summary, _, _ = straight_run
+  trajectory = search.read_trajectory(str(workdir))
+  irrelevant = {f'block{b}_expand' for b in IRRELEVANT_BLOCKS}
+  # Slimming them leaves the logits exactly as they were: same accuracy (100%: the labels are
+  # the max network's predictions) and the very same loss.
+  for before, step in zip(trajectory, trajectory[1:]):
+    if step['unit'] in irrelevant:
+      assert step['heldout_accuracy'] == 1.0
+      assert step['heldout_loss'] == before['heldout_loss']
+  # So both reach their narrowest width before any slimming that costs accuracy. (Units whose
+  # removal flips no prediction but lowers the loss may legitimately come first.)
+  first_drop = next(i for i, step in enumerate(trajectory) if step['heldout_accuracy'] < 1.0)
+  space_min = {unit: min(step['channels'][unit] for step in trajectory) for unit in irrelevant}
+  for unit in irrelevant:
+    assert trajectory[first_drop - 1]['channels'][unit] == space_min[unit]
+  assert sum(step['unit'] in irrelevant for step in trajectory[:first_drop]) == straight_run[2]
+  assert summary['complete'] and summary['steps'] == len(trajectory) - 1
+
+
+def test_each_target_records_the_first_config_under_it(straight_run):
+  workdir, summary, steps_to_clear, targets = straight_run
+  trajectory = search.read_trajectory(str(workdir))
+  macs = [step['macs'] for step in trajectory]
+  assert macs == sorted(macs, reverse=True)
+  for record, value in zip(summary['targets'], sorted(targets, reverse=True)):
+    index = record['step']
+    assert macs[index] <= value < macs[index - 1]
+    assert record['channels'] == trajectory[index]['channels']
+    with open(workdir / 'targets' / f'{record["name"]}.json') as f:
+      assert json.load(f)['macs'] == record['macs']
+  # The search stops at the strictest target.
+  assert len(trajectory) - 1 == summary['targets'][-1]['step']
+  assert (workdir / 'trajectory.png').stat().st_size > 1000
+
+
+def test_stopped_and_resumed_search_ends_with_the_same_trajectory(tiny_network, setting,
+                                                                   straight_run, tmp_path):
+  variables, source = setting
+  straight_dir, _, _, targets = straight_run
+  partial = _search(tiny_network, variables, source, tmp_path, targets=targets,
+                    stop_after_step=3)
+  assert partial == {'complete': False, 'steps': 3}
+  assert search.read_summary(str(tmp_path)) is None
+  _search(tiny_network, variables, source, tmp_path, targets=targets)
+  strip = lambda steps: [{k: v for k, v in s.items() if k != 'seconds'} for s in steps]
+  assert strip(search.read_trajectory(str(tmp_path))) == strip(
+      search.read_trajectory(str(straight_dir)))
+
+
+def test_latency_is_measured_once_per_step_on_the_slim_network(tiny_network, setting,
+                                                                tmp_path):
+  variables, source = setting
+  config = _config(_kwargs(tiny_network))
+  config.search.measure_latency = True
+  with latency.LatencyMeter('mobilenet_v2', _kwargs(tiny_network), warmup=1,
+                            repeats=3) as meter:
+    search.run_search(config, str(tmp_path), tiny_network, tiny_network.channel_space(),
+                      variables, source, latency_fn=meter.measure, stop_after_step=2)
+  trajectory = search.read_trajectory(str(tmp_path))
+  assert len(trajectory) == 3
+  assert all(step['latency_ms'] > 0 for step in trajectory)
+
+
+def test_unreachable_targets_are_refused_before_searching(tiny_network, setting, tmp_path):
+  variables, source = setting
+  model = resources.ResourceModel(tiny_network)
+  space = tiny_network.channel_space()
+  low, high = model(space.min_config())['macs'], model(space.max_config())['macs']
+  for value in (low - 1, high + 1):
+    with pytest.raises(ValueError, match=r'outside the reachable range.*give a value in \['):
+      _search(tiny_network, variables, source, tmp_path, targets=(value,))
+  assert not os.path.exists(tmp_path / search.TRAJECTORY_FILE)
+
+
+def test_search_refuses_a_workdir_searched_with_other_settings(tiny_network, setting,
+                                                                straight_run):
+  variables, source = setting
+  workdir, _, _, _ = straight_run
+  config = _config(_kwargs(tiny_network), targets=(1e6,))
+  config.search.score = 'loss'
+  with pytest.raises(ValueError, match='other settings.*score'):
+    search.run_search(config, str(workdir), tiny_network, tiny_network.channel_space(),
+                      variables, source)
+
+
+def test_calibration_is_the_exact_average_of_batch_statistics(tiny_network, tiny_variables):
+  mesh = parallel.make_mesh()
+  space = tiny_network.channel_space()
+  module = tiny_network.supernet()
+  config = space.as_arrays(tiny_network.uniform_config(0.35))
+  rng = np.random.default_rng(1)
+  batches = [{'image': rng.normal(size=(64, 8, 8, 3)).astype(np.float32),
+              'label': np.zeros(64, np.int64), 'mask': np.ones(64, np.float32)}
+             for _ in range(2)]
+  calibrated = evaluate.calibrate_batch_stats(evaluate.make_calibration_step(module, mesh),
+                                              tiny_variables, batches, config, mesh)
+  # Independently: Flax's own running-average update from zero statistics with momentum 0.9
+  # leaves 0.1 x the batch statistics; average those over the 2 batches x 8 device shards.
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, tiny_variables['batch_stats'])
+  shards = []
+  for batch in batches:
+    for device in range(8):
+      images = batch['image'][8 * device:8 * device + 8]
+      _, state = module.apply({'params': tiny_variables['params'], 'batch_stats': zeros},
+                              images, config, train=True, mutable=['batch_stats'])
+      shards.append(jax.tree_util.tree_map(lambda x: x / 0.1, state['batch_stats']))
+  expected = jax.tree_util.tree_map(lambda *xs: sum(xs) / len(xs), *shards)
+  for got, want in zip(jax.tree_util.tree_leaves(calibrated), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_uniform_baseline_width_is_the_closest_within_budget(tiny_network):
+  model = resources.ResourceModel(tiny_network)
+  macs_of = lambda width: model(tiny_network.uniform_config(width))['macs']
+  for searched in (0.6 * macs_of(0.5), 0.3 * macs_of(0.5)):
+    width = retrain.uniform_width_for_macs(tiny_network, searched)
+    assert macs_of(width) <= searched
+    # No width between it and the max gives MACs closer to (and not above) the searched net's.
+    for other in np.linspace(width, 0.5, 40):
+      assert macs_of(other) > searched or macs_of(other) <= macs_of(width)
+    with_room = retrain.uniform_width_for_macs(tiny_network, searched, budget=2 * searched)
+    assert abs(macs_of(with_room) - searched) <= abs(macs_of(width) - searched)
+  with pytest.raises(ValueError, match='no uniform'):
+    retrain.uniform_width_for_macs(tiny_network, 10)
