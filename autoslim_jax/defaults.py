@@ -63,11 +63,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.search = ml_collections.ConfigDict()
   # The first config at or under each target is recorded; several metrics at once are fine.
   config.search.targets = ml_collections.ConfigDict()
-  config.search.targets.macs = []  # e.g. [200e6, 300e6, 500e6]
-  config.search.targets.params = []
-  config.search.targets.memory = []  # elements of all feature maps and weights
-  config.search.targets.latency_ms = []  # batch 1, one CPU thread of this host, median
-  config.search.targets.macs_of_width = []  # the MACs of uniform nets, e.g. [1.0, 0.75, 0.5]
+  # Tuples (overridable from the command line: --config.search.targets.macs='(2e8, 3e8)').
+  config.search.targets.macs = ()  # e.g. (200e6, 300e6, 500e6)
+  config.search.targets.params = ()
+  config.search.targets.memory = ()  # elements of all feature maps and weights
+  config.search.targets.latency_ms = ()  # batch 1, one CPU thread of this host, median
+  config.search.targets.macs_of_width = ()  # the MACs of uniform nets, e.g. (1.0, 0.75, 0.5)
   config.search.score = 'accuracy'  # accuracy (ties broken by loss) | loss
   config.search.batch_size = 2048  # also the BatchNorm batch (batch-statistics mode)
   config.search.num_images = 0  # 0 = the whole held-out split; N = its first N images

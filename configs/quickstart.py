@@ -43,7 +43,7 @@ def get_config():
   config.supernet.eval_batch_size = 200  # the whole held-out split in one batch
 
   # Two budgets: the MACs of the uniform 0.4x and 0.3x networks (the max network is 0.5x).
-  config.search.targets.macs_of_width = [0.4, 0.3]
+  config.search.targets.macs_of_width = (0.4, 0.3)
   config.search.batch_size = 200
 
   config.calibration.num_images = 512

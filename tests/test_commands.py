@@ -69,7 +69,7 @@ def test_profile_refuses_malformed_lists(channels, message):
 
 
 SHORT_QUICKSTART = ('--config=configs/quickstart.py', '--config.supernet.num_epochs=0.25',
-                    '--config.search.targets.macs_of_width=[0.45]',
+                    '--config.search.targets.macs_of_width=(0.45,)',
                     '--config.retrain.num_epochs=0.25')
 
 

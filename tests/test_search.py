@@ -38,7 +38,7 @@ def _irrelevant_variables(network):
 def _config(network_kwargs, targets=(), chunk_size=0):
   config = defaults.get_default_config()
   config.model_kwargs = ml_collections.ConfigDict(network_kwargs)
-  config.search.targets.macs = list(targets)
+  config.search.targets.macs = tuple(targets)
   config.search.batch_size = HELDOUT
   config.search.chunk_size = chunk_size
   return config
