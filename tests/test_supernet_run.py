@@ -19,7 +19,7 @@ def _config(steps=4):
                                   num_classes=10))
   config.dataset.update(dict(name='digits', heldout_size=64, augmentation='shift',
                              shuffle_buffer=1500, cache=True))
-  config.supernet.update(dict(batch_size=32, num_sandwich=3, base_learning_rate=0.05,
+  config.supernet.update(dict(batch_size=32, num_sandwich=2, base_learning_rate=0.05,
                               base_batch_size=32, schedule='cosine', eval_batch_size=64,
                               log_every_steps=2, eval_every_steps=0, checkpoint_every_steps=100))
   config.supernet.num_epochs = steps / (1436 // 32)  # 1,436 training digits: 44 steps / epoch

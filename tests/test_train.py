@@ -109,12 +109,14 @@ def test_distillation_targets_carry_no_gradient_and_max_learns_labels(tiny_netwo
 
   # The min network's loss must not move the max network's logits through the teacher: its
   # gradient reaches only weights the min network uses.
-  grads = jax.grad(loss)(variables['params'], 1)
+  # Jitted: eagerly, every small op compiles on its own (minutes on CPU).
+  loss = jax.jit(loss, static_argnums=1)
+  grads = jax.jit(jax.grad(loss), static_argnums=1)(variables['params'], 1)
   kernel = grads['last']['conv']['kernel']
   assert np.all(np.asarray(kernel[..., space.min_config()['last']:]) == 0)
   # The max network's loss is the label loss.
-  logits = module.apply(variables, batch['image'], configs[0], train=True,
-                        mutable=['batch_stats'])[0]
+  logits = jax.jit(lambda v, x, c: module.apply(v, x, c, train=True, mutable=['batch_stats'])[0])(
+      variables, batch['image'], configs[0])
   want = optax.softmax_cross_entropy(
       logits, optax.smooth_labels(jax.nn.one_hot(batch['label'], 10), 0.1)).mean()
   np.testing.assert_allclose(loss(variables['params'], 0), want, rtol=1e-6)
