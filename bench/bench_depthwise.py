@@ -4,7 +4,7 @@
   python bench/bench_depthwise.py
 
 Needs jax, flax and numpy only. Prints the machine, versions and the median of repeated runs
-after a warm-up (compile excluded) and appends the table to bench/results.md.
+after a warm-up (compile excluded) and appends a line per shape to bench/results.md.
 """
 
 from __future__ import annotations
@@ -61,18 +61,20 @@ def main() -> None:
         t * 1e3 for t in timings['grouped'] + timings['shifted']))
 
   device = jax.devices()[0]
-  header = (f'### Depthwise conv, {datetime.date.today()}: {platform.processor() or platform.machine()}'
-            f', {os.cpu_count()} CPUs, {device.platform} ({device.device_kind}); jax '
-            f'{jax.__version__}, flax {flax.__version__}\n\n'
-            f'Command: `python bench/bench_depthwise.py`; median of {REPEATS} runs after warm-up, '
-            f'ms.\n\n')
-  table = ('| input (NHWC, stride) | grouped fwd | grouped fwd+bwd | shifted fwd | '
-           'shifted fwd+bwd | speed-up fwd / fwd+bwd |\n|---|---:|---:|---:|---:|---:|\n')
-  for name, gf, gb, sf, sb in rows:
-    table += f'| {name} | {gf:.1f} | {gb:.1f} | {sf:.1f} | {sb:.1f} | {gf / sf:.1f}x / {gb / sb:.1f}x |\n'
-  print(header + table)
+  machine = (f'{platform.node()} {platform.machine()} {os.cpu_count()} cores, '
+             f'{device.platform} {device.device_kind}')
+  versions = f'jax {jax.__version__}, flax {flax.__version__}, numpy {np.__version__}'
+  lines = []
+  for name, grouped_fwd, grouped_bwd, shifted_fwd, shifted_bwd in rows:
+    lines.append(
+        f'| {datetime.date.today()} | depthwise 3x3 conv, grouped vs shifted | {machine} | '
+        f'{versions} | {name}, median of {REPEATS} after warm-up | grouped {grouped_fwd:.1f} / '
+        f'{grouped_bwd:.1f} ms, shifted {shifted_fwd:.1f} / {shifted_bwd:.1f} ms (fwd / fwd+bwd):'
+        f' {grouped_fwd / shifted_fwd:.1f}x / {grouped_bwd / shifted_bwd:.1f}x faster | '
+        f'`python bench/bench_depthwise.py` |')
+  print('\n'.join(lines))
   with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results.md'), 'a') as f:
-    f.write('\n' + header + table)
+    f.write('\n'.join(lines) + '\n')
 
 
 if __name__ == '__main__':
