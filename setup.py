@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     # The embedded default data set (8x8 digits) ships inside scikit-learn.
     'scikit-learn==1.9.1',
     'absl-py==2.5.1',
+    # The search trajectory, accuracy-MACs and channels plots (Agg backend, headless).
+    'matplotlib==3.11.2',
     'numpy==2.4.6',
     # tfds' ImageNet builder imports it when it prepares the manual download.
     'importlib_resources==7.1.0',

@@ -160,7 +160,7 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: ml_collecti
     total = mean(total)
     # One reduction (a NaN or inf anywhere makes the norm non-finite): checking every leaf on
     # its own doubled the step's compile time.
-    finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
     updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     # A non-finite step leaves the state as it was: no bad state can reach a checkpoint.
     new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated,
