@@ -128,3 +128,18 @@ def test_unknown_model_and_layout_are_named():
     models.create_network('mobilenetv2')
   with pytest.raises(ValueError, match="unknown MobileNet v2 layout 'cifar10'"):
     models.create_network('mobilenet_v2', layout='cifar10')
+
+
+@pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (5, 2)])
+def test_shifted_depthwise_conv_equals_flax_grouped_conv(kernel_size, stride):
+  """The CPU form of the depthwise conv has the same parameters and the same output."""
+  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 16))
+  pad = (kernel_size - 1) // 2
+  shifted = layers.ShiftedDepthwiseConv(kernel_size, stride, pad)
+  grouped = nn.Conv(16, (kernel_size, kernel_size), strides=stride, padding=((pad, pad),) * 2,
+                    feature_group_count=16, use_bias=False, kernel_init=layers.CONV_INIT)
+  shifted_vars = shifted.init(jax.random.key(0), x)
+  grouped_vars = grouped.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(shifted_vars['params']['kernel'], grouped_vars['params']['kernel'])
+  np.testing.assert_allclose(shifted.apply(shifted_vars, x), grouped.apply(grouped_vars, x),
+                             rtol=1e-5, atol=1e-5)
