@@ -35,16 +35,21 @@ def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[s
           'count': jnp.sum(mask)}
 
 
-def make_batch_stats_eval_step(module: nn.Module, mesh: Mesh):
-  """(variables, batch, config) -> summed metrics; BatchNorm uses each device's batch."""
+def _make_summing_step(logits_fn, module: nn.Module, mesh: Mesh):
+  """(variables, batch, config) -> metrics summed over the devices' shards of the batch."""
 
   def per_device(variables, batch, config):
-    logits = logits_with_batch_stats(module, variables, batch['image'], config)
+    logits = logits_fn(module, variables, batch['image'], config)
     sums = masked_sums(logits, batch['label'], batch['mask'])
     return jax.tree_util.tree_map(lambda x: jax.lax.psum(x, parallel.DATA_AXIS), sums)
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
                                out_specs=P()))
+
+
+def make_batch_stats_eval_step(module: nn.Module, mesh: Mesh):
+  """(variables, batch, config) -> summed metrics; BatchNorm uses each device's batch."""
+  return _make_summing_step(logits_with_batch_stats, module, mesh)
 
 
 def evaluate_config(eval_step, variables, batches: Iterable[Mapping[str, np.ndarray]],
@@ -68,14 +73,7 @@ def logits_with_running_averages(module: nn.Module, variables: Mapping, images: 
 
 def make_eval_step(module: nn.Module, mesh: Mesh):
   """(variables, batch, config) -> summed metrics with BatchNorm's running averages."""
-
-  def per_device(variables, batch, config):
-    logits = logits_with_running_averages(module, variables, batch['image'], config)
-    sums = masked_sums(logits, batch['label'], batch['mask'])
-    return jax.tree_util.tree_map(lambda x: jax.lax.psum(x, parallel.DATA_AXIS), sums)
-
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
-                               out_specs=P()))
+  return _make_summing_step(logits_with_running_averages, module, mesh)
 
 
 def batch_statistics(module: nn.Module, variables: Mapping, images: jax.Array,

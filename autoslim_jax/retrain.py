@@ -48,9 +48,9 @@ def uniform_width_for_macs(network: Network, macs: float, budget: float | None =
   for _ in range(iterations):
     middle = (low + high) / 2
     low, high = (middle, high) if macs_of(middle) <= macs else (low, middle)
-  if macs_of(high) <= budget and macs_of(high) - macs < macs - macs_of(low):
-    return round(high, 4) if macs_of(round(high, 4)) == macs_of(high) else high
-  return round(low, 4) if macs_of(round(low, 4)) == macs_of(low) else low
+  best = high if macs_of(high) <= budget and macs_of(high) - macs < macs - macs_of(low) else low
+  readable = round(best, 4)  # a width a person can type, when it builds the same network
+  return readable if macs_of(readable) == macs_of(best) else best
 
 
 def slim_step_factory(module, network: Network, cfg: ml_collections.ConfigDict, mesh,
