@@ -11,14 +11,16 @@ import inspect
 import ml_collections
 
 from autoslim_jax import models
+from autoslim_jax import published
 
 
 def get_default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # The network: a registry name and its factory's arguments (autoslim_jax/models). width_mult is
-  # the supernet's max width: 1.5x for the mobile nets in the paper.
+  # The network: a registry name (mobilenet_v1, mobilenet_v2, mnasnet, resnet50) or your own
+  # factory as 'package.module:function' or 'path/to/file.py:function' (autoslim_jax/models), and
+  # its arguments. width_mult is the supernet's max width: 1.5x for the mobile nets in the paper.
   config.model = 'mobilenet_v2'
   config.model_kwargs = ml_collections.ConfigDict(dict(layout='imagenet', width_mult=1.5))
 
@@ -86,6 +88,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.retrain = ml_collections.ConfigDict()
   config.retrain.mode = 'individual'  # individual (slim nets) | joint (one slimmable net)
   config.retrain.uniform_baseline = True
+  # Published AutoSlim nets of config.model to retrain instead of the search's results (names as
+  # in autoslim_jax/published.py, e.g. ('207M', '305M')): stages retrain and export only.
+  config.retrain.published = ()
   config.retrain.batch_size = 1024
   config.retrain.num_epochs = 300.0
   config.retrain.label_smoothing = 0.1
@@ -138,14 +143,19 @@ def _check_keys(config, defaults, prefix: str) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses unknown keys (with a suggestion) and model arguments the model does not take."""
   _check_keys(config, get_default_config(), '')
-  if config.model not in models.MODELS:
-    models.create_network(config.model)  # raises the unknown-model message
-  parameters = inspect.signature(models.MODELS[config.model]).parameters
+  parameters = inspect.signature(models.get_factory(config.model)).parameters
   for key in config.model_kwargs.keys():
     if key not in parameters:
       raise ValueError(f'config.model_kwargs.{key} is not an argument of {config.model}; valid: '
                        f'{sorted(parameters)}')
-  parse_stages(config.stages)
+  stages = parse_stages(config.stages)
+  if config.retrain.published:
+    for name in config.retrain.published:
+      published.get(config.model, name)  # names the valid ones
+    if {'supernet', 'search'} & set(stages):
+      raise ValueError(f'config.retrain.published={tuple(config.retrain.published)} retrains the '
+                       'published networks: set config.stages=retrain,export (got '
+                       f'{config.stages!r})')
   if config.retrain.mode not in ('individual', 'joint'):
     raise ValueError(f'retrain.mode must be individual or joint, got {config.retrain.mode!r}')
   if config.search.score not in ('accuracy', 'loss'):

@@ -28,6 +28,7 @@ from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
 from autoslim_jax import parallel
 from autoslim_jax import plots
+from autoslim_jax import published as published_lib
 from autoslim_jax import resources as resources_lib
 from autoslim_jax import retrain
 from autoslim_jax import search
@@ -105,14 +106,50 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
                ', '.join(f'{name} {count}' for name, count in source.num_examples.items()))
   last_stage = stages[-1]
 
-  # Stage 1: the supernet (restored without training when a later stage needs it).
+  if config.retrain.published:
+    supernet_variables, searched = None, published_targets(config, network)
+  else:
+    supernet_variables, searched = supernet_and_search(config, workdir, network, training_network,
+                                                       space, source, stages)
+    if searched is None:
+      return None
+
+  # Stage 3: retraining from scratch (restored when only the export is asked for).
+  retrain_dir = os.path.join(workdir, 'retrain')
+  retrained = None
+  if 'retrain' in stages or os.path.isdir(retrain_dir):
+    retrained = retrain.run_retrain(config, retrain_dir, network, searched, source,
+                                    restore_only='retrain' not in stages)
+  if retrained is None and config.retrain.published:
+    raise ValueError(f'the published networks are not retrained in {retrain_dir}; add retrain to '
+                     'config.stages')
+  if last_stage == 'retrain':
+    return None
+
+  # Stage 4: calibrate, test, export, report.
+  results_path = os.path.join(workdir, RESULTS_FILE)
+  if os.path.exists(results_path):
+    logging.info('stage export: complete (%s)', results_path)
+    with open(results_path) as f:
+      results = json.load(f)
+  else:
+    results = export_and_report(config, workdir, network, space, supernet_variables, searched,
+                                retrained, source)
+  print_results(results, workdir)
+  return results
+
+
+def supernet_and_search(config, workdir: str, network, training_network, space, source,
+                        stages: list[str]):
+  """Stages 1 and 2: (supernet variables, searched target records); records None when the
+  last stage asked for is one of these two."""
+  last_stage = stages[-1]
   state = train.train_supernet(config, os.path.join(workdir, 'supernet'), training_network,
                                space, source, restore_only='supernet' not in stages)
   supernet_variables = retrain.trained_variables(state)
   if last_stage == 'supernet':
-    return None
+    return supernet_variables, None
 
-  # Stage 2: greedy slimming.
   search_dir = os.path.join(workdir, 'search')
   summary = search.read_summary(search_dir)
   if summary is None:
@@ -128,30 +165,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
   else:
     logging.info('stage search: complete (%d steps, %d targets)', summary['steps'],
                  len(summary['targets']))
-  searched = summary['targets']
-  if last_stage == 'search':
-    return None
+  return supernet_variables, None if last_stage == 'search' else summary['targets']
 
-  # Stage 3: retraining from scratch (restored when only the export is asked for).
-  retrain_dir = os.path.join(workdir, 'retrain')
-  retrained = None
-  if 'retrain' in stages or os.path.isdir(retrain_dir):
-    retrained = retrain.run_retrain(config, retrain_dir, network, searched, source,
-                                    restore_only='retrain' not in stages)
-  if last_stage == 'retrain':
-    return None
 
-  # Stage 4: calibrate, test, export, report.
-  results_path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.exists(results_path):
-    logging.info('stage export: complete (%s)', results_path)
-    with open(results_path) as f:
-      results = json.load(f)
-  else:
-    results = export_and_report(config, workdir, network, space, supernet_variables, searched,
-                                retrained, source)
-  print_results(results, workdir)
-  return results
+def published_targets(config, network) -> list[dict[str, Any]]:
+  """Target records for ``config.retrain.published``: the published AutoSlim nets of the model,
+  each with a MACs budget of its own MACs (for its uniform baseline)."""
+  resource_model = resources_lib.ResourceModel(network)
+  records = []
+  for name in config.retrain.published:
+    channel_list = list(published_lib.get(config.model, name).channel_num_list)
+    try:
+      channels = network.config_from_list(channel_list)
+    except ValueError as e:
+      raise ValueError(f'the published AutoSlim-{config.model} {name} does not fit the '
+                       f'configured network ({network}): {e}') from None
+    resources = resource_model(channels)
+    records.append({'name': f'published_{name}', 'metric': 'macs', 'value': resources['macs'],
+                    'channels': channels, **resources, 'heldout_accuracy': None})
+  logging.info('retraining the published networks %s (no supernet, no search)',
+               ', '.join(r['name'] for r in records))
+  return records
 
 
 def export_and_report(config, workdir: str, network, space, supernet_variables, searched,
@@ -177,11 +211,14 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
   for record in searched:
     start = time.perf_counter()
     channels = record['channels']
-    calibrated, supernet_metrics = evaluator.calibrated_test(
-        supernet, supernet_variables, space.as_arrays(channels))
+    supernet_accuracy = None
+    if supernet_variables is not None:  # None: published nets, retrained without a supernet
+      calibrated, supernet_metrics = evaluator.calibrated_test(
+          supernet, supernet_variables, space.as_arrays(channels))
+      supernet_accuracy = supernet_metrics['accuracy']
     autoslim = {**describe(channels), 'latency_ms': record.get('latency_ms'),
                 'heldout_accuracy': record['heldout_accuracy'],
-                'supernet_test_accuracy': supernet_metrics['accuracy'], 'test_accuracy': None}
+                'supernet_test_accuracy': supernet_accuracy, 'test_accuracy': None}
     if network.official_layout is not None:
       autoslim['channel_num_list'] = network.config_to_list(channels)
     row = {'name': record['name'], 'metric': record['metric'], 'value': record['value'],
@@ -215,8 +252,8 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
     if row['uniform'] is not None:
       row['difference'] = autoslim['test_accuracy'] - row['uniform']['test_accuracy']
     rows.append(row)
-    logging.info('export %s: supernet test accuracy %.4f, retrained %s, uniform %s (%.1fs)',
-                 record['name'], supernet_metrics['accuracy'],
+    logging.info('export %s: supernet test accuracy %s, retrained %s, uniform %s (%.1fs)',
+                 record['name'], _format_accuracy(supernet_accuracy),
                  _format_accuracy(autoslim['test_accuracy']),
                  _format_accuracy(row['uniform'] and row['uniform']['test_accuracy']),
                  time.perf_counter() - start)
@@ -231,9 +268,12 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
       'test_images': source.num_examples['test'], 'targets': rows,
       'search_trajectory': os.path.join(workdir, 'search', search.TRAJECTORY_FILE)}
   plot_dir = os.path.join(workdir, 'plots')
-  trajectory = search.read_trajectory(os.path.join(workdir, 'search'))
-  plots.plot_trajectory(trajectory, searched, os.path.join(plot_dir, 'search_trajectory.png'),
-                        title=f'greedy slimming: {network.name} on {source.name}')
+  if supernet_variables is not None:
+    trajectory = search.read_trajectory(os.path.join(workdir, 'search'))
+    plots.plot_trajectory(trajectory, searched, os.path.join(plot_dir, 'search_trajectory.png'),
+                          title=f'greedy slimming: {network.name} on {source.name}')
+  else:
+    results['search_trajectory'] = None
   plots.plot_accuracy_vs_macs(results, os.path.join(plot_dir, 'accuracy_vs_macs.png'))
   plots.plot_all_channels(results, plot_dir)
   export.write_atomic(os.path.join(workdir, 'results.md'), plots.results_table(results).encode())

@@ -94,8 +94,8 @@ def plot_accuracy_vs_macs(results: Mapping[str, Any], path: str | os.PathLike) -
   targets = results.get('targets', [])
 
   def series(kind: str, key: str) -> tuple[list[float], list[float], list[str]]:
-    points = sorted((target[kind]['macs'] / 1e6, _percent(target[kind].get(key)), target['name'])
-                    for target in targets if target[kind].get(key) is not None)
+    points = sorted((target[kind]['macs'] / 1e6, _percent(target[kind][key]), target['name'])
+                    for target in targets if (target[kind] or {}).get(key) is not None)
     return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
 
   autoslim = series('autoslim', 'test_accuracy')
@@ -126,10 +126,11 @@ def plot_channels(results: Mapping[str, Any], target_name: str,
   """
   target = _find_target(results, target_name)
   units = list(results['units'])
-  series = [('max', results['max']['channels'], 'lightgray'),
-            (f'uniform {target["uniform"]["width_mult"]:.4g}x', target['uniform']['channels'],
-             'tab:gray'),
-            ('AutoSlim', target['autoslim']['channels'], 'tab:red')]
+  series = [('max', results['max']['channels'], 'lightgray')]
+  if target['uniform'] is not None:
+    series.append((f'uniform {target["uniform"]["width_mult"]:.4g}x',
+                   target['uniform']['channels'], 'tab:gray'))
+  series.append(('AutoSlim', target['autoslim']['channels'], 'tab:red'))
   width = 0.8 / len(series)
   # Wide enough for every unit's name, which MobileNets have dozens of.
   fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(units) + 2), 5))
@@ -141,8 +142,10 @@ def plot_channels(results: Mapping[str, Any], target_name: str,
   ax.set_xlim(-0.6, len(units) - 0.4)
   ax.set_xlabel('unit')
   ax.set_ylabel('channels')
-  ax.set_title(f'{target_name}: AutoSlim {target["autoslim"]["macs"] / 1e6:.1f}M MACs, '
-               f'uniform {target["uniform"]["macs"] / 1e6:.1f}M MACs')
+  title = f'{target_name}: AutoSlim {target["autoslim"]["macs"] / 1e6:.1f}M MACs'
+  if target['uniform'] is not None:
+    title += f', uniform {target["uniform"]["macs"] / 1e6:.1f}M MACs'
+  ax.set_title(title)
   ax.grid(True, axis='y', alpha=0.3)
   ax.legend(loc='upper left')
   return _save(fig, path)
@@ -188,7 +191,7 @@ def results_table(results: Mapping[str, Any]) -> str:
             'uniform width', 'uniform MACs (M)', 'uniform test acc (%)', 'difference (points)']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * 8) + '|']
   for target in results.get('targets', []):
-    autoslim, uniform = target['autoslim'], target['uniform']
+    autoslim, uniform = target['autoslim'], target['uniform'] or {}
     width = uniform.get('width_mult')
     row = [target['name'], _format_count(autoslim.get('macs')),
            _format_params(autoslim.get('params')), _format_count(autoslim.get('memory')),

@@ -6,16 +6,21 @@ r"""Prints the MACs, params and memory of a network config.
   python -m autoslim_jax.profile --model=mobilenet_v2 --layout=cifar --width=0.75 --json
   python -m autoslim_jax.profile --model=mobilenet_v2 --channels=searched.json --per_layer
   python -m autoslim_jax.profile --model=mobilenet_v2 --width=1.0 --latency
+  python -m autoslim_jax.profile --model=resnet50 --published=2G --per_layer
+  python -m autoslim_jax.profile --model=my_cnn.py:my_cnn --width=1.0
 
 ``--channels`` takes a list in the official ``channel_num_list`` layout or a JSON object
 {unit: channels} (a search result or an exported ``model.json``, whose ``channels`` are read),
-inline or as a file. Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency``
+inline or as a file; ``--published`` one of the paper's AutoSlim networks
+(``autoslim_jax/published.py``). ``--model`` is a registered name (mobilenet_v1, mobilenet_v2,
+mnasnet, resnet50) or a user's factory, ``module:function`` or ``file.py:function``. Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency``
 adds the measured median time of one image through the slim network on one CPU thread
 (``autoslim_jax/latency.py``).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -26,14 +31,20 @@ from absl import flags
 
 from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
+from autoslim_jax import published as published_lib
 from autoslim_jax import resources as resources_lib
 
-_MODEL = flags.DEFINE_string('model', 'mobilenet_v2', f'Network: one of {sorted(models.MODELS)}.')
+_MODEL = flags.DEFINE_string(
+    'model', 'mobilenet_v2', f'Network: one of {sorted(models.MODELS)}, or your own as '
+    'module:function or path/to/file.py:function.')
 _LAYOUT = flags.DEFINE_string('layout', 'imagenet', 'Network layout: imagenet or cifar.')
 _WIDTH = flags.DEFINE_float('width', None, 'Uniform width multiplier, e.g. 1.0.')
 _CHANNELS = flags.DEFINE_string(
     'channels', None, 'Channel list (official channel_num_list layout) or JSON object '
     '{unit: channels}, inline or a file path.')
+_PUBLISHED = flags.DEFINE_string(
+    'published', None, 'One of the published AutoSlim networks of --model, by its MACs: '
+    f'{ {m: published_lib.names(m) for m in published_lib.PUBLISHED} }.')
 _MAX_WIDTH = flags.DEFINE_float(
     'max_width', None, 'Max width multiplier of the supernet the channels must fit '
     '(default: the network\'s, 1.5x for MobileNet v2; at least --width).')
@@ -74,14 +85,20 @@ def config_from_value(network: models.Network, value: Any) -> dict[str, int]:
 def profile(model: str, layout: str = 'imagenet', width: float | None = None,
             channels: Any = None, max_width: float | None = None,
             image_size: int | None = None, num_classes: int | None = None,
-            latency: bool = False) -> dict[str, Any]:
-  """Resources of a uniform width or a channel config (list or dict), as a JSON-able dict.
+            latency: bool = False, published: str | None = None) -> dict[str, Any]:
+  """Resources of a uniform width, a channel config (list or dict) or a published AutoSlim
+  network (``published``, e.g. '305M'), as a JSON-able dict.
 
   ``latency`` adds ``latency_ms``, measured (``latency.LatencyMeter``) rather than counted.
   """
-  if (width is None) == (channels is None):
-    raise ValueError('give exactly one of a uniform width (--width) or channels (--channels)')
-  kwargs = dict(layout=layout, image_size=image_size, num_classes=num_classes)
+  if sum(x is not None for x in (width, channels, published)) != 1:
+    raise ValueError('give exactly one of a uniform width (--width), channels (--channels) or '
+                     'a published network (--published)')
+  if published is not None:
+    channels = list(published_lib.get(model, published).channel_num_list)
+    if max_width is None:
+      max_width = published_lib.SUPERNET_WIDTH[model]
+  kwargs = factory_kwargs(model, layout=layout, image_size=image_size, num_classes=num_classes)
   if max_width is not None:
     kwargs['width_mult'] = max_width
   elif width is not None:
@@ -113,6 +130,17 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
   return result
 
 
+def factory_kwargs(model: str, **kwargs) -> dict[str, Any]:
+  """The given arguments the model's factory takes (a user's network may lack ``layout``);
+  None means the factory's default."""
+  parameters = inspect.signature(models.get_factory(model)).parameters
+  unknown = [k for k, v in kwargs.items() if v is not None and k not in parameters]
+  if unknown and not (unknown == ['layout'] and kwargs['layout'] == 'imagenet'):
+    raise ValueError(f'model {model} takes no argument(s) {unknown}; its arguments: '
+                     f'{sorted(parameters)}')
+  return {k: v for k, v in kwargs.items() if v is not None and k in parameters}
+
+
 def format_table(result: Mapping[str, Any], per_layer: bool = False) -> str:
   height, width, depth = result['input_shape']
   what = (f'uniform {result["width"]}x' if result['width'] is not None
@@ -142,7 +170,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     channels = None if _CHANNELS.value is None else read_channels(_CHANNELS.value)
     result = profile(_MODEL.value, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
-                     _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value)
+                     _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value, _PUBLISHED.value)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

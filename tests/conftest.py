@@ -28,3 +28,23 @@ def tiny_network():
 @pytest.fixture(scope='session')
 def tiny_variables(tiny_network):
   return tiny_network.init(jax.random.key(0), batch_size=2)
+
+
+# One tiny network per model of the zoo (8x8 CIFAR layout): every unit keeps several choices.
+TINY_ZOO = {
+    'mobilenet_v1': dict(layout='cifar', width_mult=0.5, image_size=8),
+    'mobilenet_v2': dict(layout='cifar', width_mult=0.5, image_size=8),
+    'mnasnet': dict(layout='cifar', width_mult=0.5, image_size=8),
+    'resnet50': dict(layout='cifar', width_mult=0.25, image_size=8),
+}
+
+
+@pytest.fixture(scope='session', params=sorted(TINY_ZOO))
+def zoo_network(request):
+  """Each model of the zoo in turn, tiny."""
+  return models.create_network(request.param, **TINY_ZOO[request.param])
+
+
+@pytest.fixture(scope='session')
+def zoo_variables(zoo_network):
+  return zoo_network.init(jax.random.key(0), batch_size=2)

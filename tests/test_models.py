@@ -41,30 +41,30 @@ def test_cifar_layout_strides():
   assert by_path['last'].out_height == 4  # total stride 8
 
 
-def test_one_trace_serves_every_config(tiny_network, tiny_variables):
-  space = tiny_network.channel_space()
-  supernet = tiny_network.supernet()
-  images = jax.random.normal(jax.random.key(1), (4,) + tiny_network.input_shape)
+def test_one_trace_serves_every_config(zoo_network, zoo_variables):
+  space = zoo_network.channel_space()
+  supernet = zoo_network.supernet()
+  images = jax.random.normal(jax.random.key(1), (4,) + zoo_network.input_shape)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def forward(variables, images, config):
     return supernet.apply(variables, images, config, train=False)
 
-  outputs = [forward(tiny_variables, images, space.as_arrays(c)) for c in _configs(space, 12)]
+  outputs = [forward(zoo_variables, images, space.as_arrays(c)) for c in _configs(space, 12)]
   chex.clear_trace_counter()
   assert forward._cache_size() == 1  # pylint: disable=protected-access
   # the configs really differ: so do their logits
   assert len({np.asarray(o).tobytes() for o in outputs}) == len(outputs)
 
 
-def test_masked_channels_are_zero_with_zero_gradient_and_no_nan(tiny_network, tiny_variables):
-  space = tiny_network.channel_space()
-  supernet = tiny_network.supernet()
-  images = jax.random.normal(jax.random.key(2), (8,) + tiny_network.input_shape)
-  labels = jnp.arange(8) % tiny_network.num_classes
+def test_masked_channels_are_zero_with_zero_gradient_and_no_nan(zoo_network, zoo_variables):
+  space = zoo_network.channel_space()
+  supernet = zoo_network.supernet()
+  images = jax.random.normal(jax.random.key(2), (8,) + zoo_network.input_shape)
+  labels = jnp.arange(8) % zoo_network.num_classes
   config = space.min_config()
-  params, batch_stats = tiny_variables['params'], tiny_variables['batch_stats']
+  params, batch_stats = zoo_variables['params'], zoo_variables['batch_stats']
 
   def loss_fn(params):
     (logits, state) = supernet.apply(
@@ -80,7 +80,7 @@ def test_masked_channels_are_zero_with_zero_gradient_and_no_nan(tiny_network, ti
     assert np.all(np.isfinite(leaf))
 
   checked = 0
-  for layer in tiny_network.layers:
+  for layer in zoo_network.layers:
     if layer.kind == 'dense':
       continue
     node = state['intermediates']
@@ -101,9 +101,11 @@ def test_masked_channels_are_zero_with_zero_gradient_and_no_nan(tiny_network, ti
     assert np.all(np.asarray(grad['bn']['bias'])[active:] == 0)
     assert np.any(kernel[..., :active] != 0), layer.path
     checked += 1
-  assert checked == len(tiny_network.layers) - 1
+  assert checked == len(zoo_network.layers) - 1
+  dense = [layer for layer in zoo_network.layers if layer.kind == 'dense']
+  assert [layer.path for layer in dense] == [('classifier',)]
   classifier = np.asarray(grads['classifier']['dense']['kernel'])
-  assert np.all(classifier[config['last']:] == 0)
+  assert np.all(classifier[config[dense[0].in_unit]:] == 0)
 
 
 def test_layer_with_wrong_unit_width_is_refused():
@@ -126,7 +128,7 @@ def test_unknown_model_and_layout_are_named():
   with pytest.raises(ValueError, match=r"unknown model 'mobilenetv2' \(did you mean "
                                        r"'mobilenet_v2'\?\)"):
     models.create_network('mobilenetv2')
-  with pytest.raises(ValueError, match="unknown MobileNet v2 layout 'cifar10'"):
+  with pytest.raises(ValueError, match="unknown mobilenet_v2 layout 'cifar10'"):
     models.create_network('mobilenet_v2', layout='cifar10')
 
 

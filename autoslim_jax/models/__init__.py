@@ -1,30 +1,86 @@
-"""The network registry: ``create_network(name, ...)`` builds a slimmable ``Network``."""
+"""The network registry: ``create_network(name, ...)`` builds a slimmable ``Network``.
+
+``name`` is a registered name (``MODELS``) or a user's factory given by where it lives:
+``'package.module:function'`` (importable) or ``'path/to/file.py:function'``. The factory returns
+a ``Network`` built from ``autoslim_jax.layers``; nothing in the package needs to change, and the
+same name rebuilds the network in other processes (latency worker, ``export.load_slim``).
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
+import os
+import sys
 from typing import Callable
 
 from autoslim_jax.models.base import LayerRecord, Network, trace_layers
+from autoslim_jax.models.mnasnet import mnasnet
+from autoslim_jax.models.mobilenet_v1 import mobilenet_v1
 from autoslim_jax.models.mobilenet_v2 import mobilenet_v2
+from autoslim_jax.models.resnet import resnet50
 
 MODELS: dict[str, Callable[..., Network]] = {
+    'mobilenet_v1': mobilenet_v1,
     'mobilenet_v2': mobilenet_v2,
+    'mnasnet': mnasnet,
+    'resnet50': resnet50,
 }
 
 
 def register(name: str, factory: Callable[..., Network]) -> None:
-  """Adds a user's network factory (returning a ``Network``) under ``name``."""
+  """Adds a network factory (returning a ``Network``) under ``name``, for this process only;
+  ``'module:function'`` names work in every process."""
   MODELS[name] = factory
 
 
+def get_factory(name: str) -> Callable[..., Network]:
+  """The factory of a registered name or of a ``'module:function'`` / ``'file.py:function'``."""
+  if name in MODELS:
+    return MODELS[name]
+  if ':' in name:
+    return _import_factory(name)
+  close = difflib.get_close_matches(name, MODELS, n=1)
+  hint = f' (did you mean {close[0]!r}?)' if close else ''
+  raise ValueError(f'unknown model {name!r}{hint}; known models: {sorted(MODELS)}, or your own '
+                   "as 'package.module:function' or 'path/to/file.py:function'")
+
+
+def _import_factory(name: str) -> Callable[..., Network]:
+  where, _, function = name.rpartition(':')
+  if where.endswith('.py'):
+    path = os.path.abspath(where)
+    if not os.path.exists(path):
+      raise ValueError(f'model {name!r}: no file {path}')
+    module_name = f'autoslim_user_model_{abs(hash(path))}'
+    module = sys.modules.get(module_name)
+    if module is None:
+      spec = importlib.util.spec_from_file_location(module_name, path)
+      module = importlib.util.module_from_spec(spec)
+      sys.modules[module_name] = module
+      spec.loader.exec_module(module)
+  else:
+    try:
+      module = importlib.import_module(where)
+    except ImportError as e:
+      raise ValueError(f'model {name!r}: cannot import module {where!r} ({e}); is it on the '
+                       'Python path (or give a file path ending in .py)?') from None
+  factory = getattr(module, function, None)
+  if not callable(factory):
+    raise ValueError(f'model {name!r}: {where} has no function {function!r}')
+  return factory
+
+
 def create_network(name: str, **kwargs) -> Network:
-  """Builds the registered network ``name``; keyword arguments go to its factory."""
-  if name not in MODELS:
-    close = difflib.get_close_matches(name, MODELS, n=1)
-    hint = f' (did you mean {close[0]!r}?)' if close else ''
-    raise ValueError(f'unknown model {name!r}{hint}; known models: {sorted(MODELS)}')
-  return MODELS[name](**kwargs)
+  """Builds network ``name`` (registered or ``'module:function'``) with its factory's arguments."""
+  network = get_factory(name)(**kwargs)
+  if not isinstance(network, Network):
+    raise ValueError(f'model {name!r}: the factory returned {type(network).__name__}, not an '
+                     'autoslim_jax.models.Network')
+  network.name = name  # the name that rebuilds it, e.g. in the latency worker or load_slim
+  return network
 
 
-__all__ = ['LayerRecord', 'MODELS', 'Network', 'create_network', 'register', 'trace_layers']
+__all__ = ['LayerRecord', 'MODELS', 'Network', 'create_network', 'get_factory', 'register',
+           'trace_layers']
