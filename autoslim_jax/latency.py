@@ -244,8 +244,9 @@ def _serve(protocol) -> None:
         except ValueError as e:
           if request['model'] in models.MODELS:
             raise
-          raise ValueError(f'{e} (the latency worker is a fresh process: it knows only the '
-                           'models autoslim_jax.models registers on import)') from None
+          raise ValueError(f'{e} (the latency worker is a fresh process: it knows the models '
+                           "autoslim_jax.models registers on import, and your own given as "
+                           "'module:function' or 'file.py:function')") from None
         reply(dict(pid=os.getpid(), cpu=cpu, devices=jax.device_count(),
                    network=repr(network)))
       else:

@@ -11,12 +11,12 @@ stages; a stage whose inputs are missing says which stage to run first.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
 from typing import Any, Mapping
 
-import jax
 import ml_collections
 from absl import logging
 
@@ -49,7 +49,14 @@ def check_data_fits(network, source) -> None:
 
 def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
   """The network and its channel space from a config."""
-  network = models.create_network(config.model, dtype=dtype, **config.model_kwargs.to_dict())
+  kwargs = config.model_kwargs.to_dict()
+  parameters = inspect.signature(models.get_factory(config.model)).parameters
+  if 'dtype' in parameters:
+    kwargs['dtype'] = dtype
+  elif dtype != 'float32':
+    raise ValueError(f'compute_dtype {dtype} needs a dtype argument in the factory of model '
+                     f'{config.model!r}; its arguments: {sorted(parameters)}')
+  network = models.create_network(config.model, **kwargs)
   if not 0 < config.min_width <= network.max_width_mult:
     raise ValueError(f'min_width {config.min_width} must be in (0, max width '
                      f'{network.max_width_mult}]')
@@ -158,7 +165,7 @@ def supernet_and_search(config, workdir: str, network, training_network, space, 
                        f'config.stages')
     logging.info('stage search: greedy slimming on the held-out split')
     cfg = config.search
-    with latency_lib.LatencyMeter(config.model, config.model_kwargs.to_dict(),
+    with latency_lib.LatencyMeter(network.name, config.model_kwargs.to_dict(),
                                   cfg.latency_warmup, cfg.latency_repeats) as meter:
       summary = search.run_search(config, search_dir, network, space, supernet_variables, source,
                                   latency_fn=meter.measure)

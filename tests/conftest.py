@@ -1,6 +1,8 @@
 """Test set-up: 8 fake CPU devices, tiny networks shared across tests."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -17,6 +19,19 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, check=True):
+  """Runs ``python -m *args`` in the repository as a user would; asserts success by default."""
+  # The tests' compilation cache also serves the commands they run.
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
+  result = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
 
 
 @pytest.fixture(scope='session')

@@ -2,29 +2,16 @@
 
 import json
 import os
-import subprocess
-import sys
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run
 
 from autoslim_jax import export
 
 LIST_305 = ('[8,8,96,16,96,16,96,24,144,24,144,24,144,56,288,56,288,56,288,56,288,96,432,96,432,'
             '96,864,240,1440,240,960,240,1440,480,1920,1000]')
-
-
-def run(*args, check=True):
-  # The tests' compilation cache (conftest.py) also serves the commands they run.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-  result = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-  if check:
-    assert result.returncode == 0, result.stderr[-3000:]
-  return result
 
 
 def profile_json(*args):

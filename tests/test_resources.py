@@ -1,7 +1,6 @@
 """Resources reproduce design.md's reference numbers (conv + dense MACs at batch 1)."""
 
 import jax
-import numpy as np
 import pytest
 
 from autoslim_jax import models

@@ -4,10 +4,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import pytest
 
 from autoslim_jax import defaults
 from autoslim_jax import parallel

@@ -78,6 +78,9 @@ def create_network(name: str, **kwargs) -> Network:
   if not isinstance(network, Network):
     raise ValueError(f'model {name!r}: the factory returned {type(network).__name__}, not an '
                      'autoslim_jax.models.Network')
+  where, _, function = name.rpartition(':')
+  if where.endswith('.py'):  # a path that still works from another working directory
+    name = f'{os.path.abspath(where)}:{function}'
   network.name = name  # the name that rebuilds it, e.g. in the latency worker or load_slim
   return network
 
