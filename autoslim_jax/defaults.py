@@ -51,7 +51,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Learning rate = base_learning_rate * batch_size / base_batch_size (paper: 0.5 at 2048).
   config.supernet.base_learning_rate = 0.5
   config.supernet.base_batch_size = 2048
-  config.supernet.schedule = 'linear'  # linear | cosine decay to 0 after the warm-up
+  config.supernet.schedule = 'linear'  # linear | cosine decay to 0 | step (x0.1 at 30/60/90%)
   config.supernet.warmup_epochs = 0.0
   config.supernet.weight_decay = 1e-4  # not on depthwise kernels, BatchNorm or biases
   config.supernet.compute_dtype = 'float32'  # float32 | bfloat16 (params stay float32)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from autoslim_jax import defaults
 from autoslim_jax import parallel
@@ -128,3 +129,18 @@ def test_weight_decay_skips_depthwise_batchnorm_and_biases(tiny_network):
   assert mask['block3']['project']['bn']['scale'] is False
   assert mask['classifier']['dense']['kernel'] is True
   assert mask['classifier']['dense']['bias'] is False
+
+
+def test_learning_rate_schedules():
+  cfg = defaults.get_default_config().retrain
+  cfg.update(dict(base_learning_rate=0.1, batch_size=512, base_batch_size=256, warmup_epochs=1.0))
+  cfg.schedule = 'step'  # ResNet's: x0.1 at epochs 30, 60, 90 of 100 (after a 1-epoch warm-up)
+  step = train.learning_rate_schedule(cfg, steps_per_epoch=10, total_steps=1000)
+  np.testing.assert_allclose([float(step(s)) for s in (0, 5, 10, 299, 310, 610, 910, 999)],
+                             [0.0, 0.1, 0.2, 0.2, 0.02, 0.002, 0.0002, 0.0002], rtol=1e-5)
+  cfg.schedule = 'cosine'
+  cosine = train.learning_rate_schedule(cfg, steps_per_epoch=10, total_steps=1000)
+  assert float(cosine(10)) == pytest.approx(0.2) and float(cosine(1000)) == pytest.approx(0.0)
+  cfg.schedule = 'exponential'
+  with pytest.raises(ValueError, match="unknown schedule 'exponential'; valid: linear, cosine, step"):
+    train.learning_rate_schedule(cfg, steps_per_epoch=10, total_steps=1000)

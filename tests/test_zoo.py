@@ -25,12 +25,14 @@ PUBLISHED = [(model, name) for model in published.PUBLISHED for name in publishe
 
 @pytest.mark.parametrize('model,name', PUBLISHED, ids=[f'{m}-{n}' for m, n in PUBLISHED])
 def test_published_lists_reproduce_the_reference_counts(model, name):
-  """design.md, section 3: MACs within 0.1%, params (with BatchNorm's scale and bias) within 1%."""
+  """design.md, section 3: MACs within 0.1%, params (with BatchNorm's scale and bias) within 1%;
+  and the paper's Table 1 memory within 1%."""
   network, channels = published.load(model, name)
   reference = published.get(model, name)
   counted = ResourceModel(network)(channels)
   assert counted['macs'] / 1e6 == pytest.approx(reference.published_macs, rel=1e-3)
   assert counted['params'] / 1e6 == pytest.approx(reference.published_params, rel=1e-2)
+  assert counted['memory'] / 1e6 == pytest.approx(reference.paper_memory, rel=1e-2)
   # and the list round-trips through the official layout
   assert network.config_to_list(channels) == list(reference.channel_num_list)
 

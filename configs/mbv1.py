@@ -1,0 +1,30 @@
+r"""ImageNet supernet: MobileNet v1 at 1.5x max width, as in the paper (section 4).
+
+Command:  python -m autoslim_jax.main --config=configs/mbv1.py --workdir=gs://BUCKET/mbv1 \
+            --config.dataset.data_dir=gs://BUCKET/tfds
+          ImageNet must be prepared by tfds once from its manual download
+          (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in config.dataset.manual_dir).
+          The published networks alone, without supernet and search:
+            --config.retrain.published='("150M", "325M", "572M")' --config.stages=retrain,export
+Hardware: a TPU v3-32 / v4-32 pod slice or 8 A100/H100 GPUs (batch 2048 over the devices).
+Run time: supernet 50 epochs = 31,250 steps of 4 sub-networks at 224x224; search about 120
+  greedy steps of up to 14 candidates on 50,000 images; retraining 6 networks x 300 epochs. Not
+  yet measured.
+Expected (paper, Table 1): 150M / 325M / 572M-MACs networks with 32.1 / 28.5 / 27.0% top-1
+  error after retraining (uniform 0.5x / 0.75x / 1.0x: 36.7 / 31.6 / 29.1%). Not yet reproduced
+  here.
+"""
+
+from autoslim_jax import defaults
+
+
+def get_config():
+  config = defaults.get_default_config()
+  # The paper's ImageNet recipe is the default (see mbv2.py); only the network and budgets differ.
+  config.model = 'mobilenet_v1'
+  config.model_kwargs.layout = 'imagenet'
+  config.model_kwargs.width_mult = 1.5
+  config.dataset.name = 'imagenet2012'
+  config.search.targets.macs = (150e6, 325e6, 572e6)
+  config.supernet.compute_dtype = 'bfloat16'
+  return config
