@@ -145,3 +145,40 @@ def test_readme_custom_network_trains_searches_and_exports(tmp_path):
   profiled = json.loads(run('autoslim_jax.profile', f'--model={user_file}:my_cnn', '--width=1.0',
                             '--json').stdout)
   assert profiled['channels'] == {'conv1': 16, 'conv2': 32, 'conv3': 64}
+
+
+def test_retrain_published_network_without_supernet_or_search(tmp_path):
+  """config.retrain.published: the paper's AutoSlim-MobileNet v1 150M trained from scratch
+  beside its uniform baseline (at 32x32 on mock data, a few steps), then calibrated and tested."""
+  config = _mock_cifar_config('mobilenet_v1', dict(width_mult=1.5, image_size=32))
+  config.model_kwargs.layout = 'imagenet'  # the published lists are ImageNet nets: 1000 classes
+  config.retrain.update(dict(published=('150M',), batch_size=32, base_batch_size=32,
+                             num_epochs=1.0, eval_batch_size=16, log_every_steps=1))
+  config.calibration.update(dict(num_images=32, batch_size=16))
+  config.stages = 'supernet,search,retrain,export'
+  with pytest.raises(ValueError, match="retrains the published networks: set "
+                                       "config.stages=retrain,export"):
+    pipeline.run(config, str(tmp_path))
+  config.stages = 'retrain,export'
+  with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
+    results = pipeline.run(config, str(tmp_path))
+  assert not (tmp_path / 'supernet').exists() and not (tmp_path / 'search').exists()
+  (target,) = results['targets']
+  assert target['name'] == 'published_150M'
+  assert target['autoslim']['channel_num_list'] == list(
+      published.get('mobilenet_v1', '150M').channel_num_list)
+  assert target['autoslim']['test_accuracy'] is not None
+  assert target['autoslim']['supernet_test_accuracy'] is None
+  assert target['uniform']['macs'] <= target['autoslim']['macs']
+  assert target['uniform']['test_accuracy'] is not None
+  _, _, description = export.load_slim(target['autoslim']['export'])
+  assert description['channel_num_list'] == target['autoslim']['channel_num_list']
+
+
+def test_unknown_published_name_is_refused_by_the_config_check():
+  config = defaults.get_default_config()
+  config.retrain.published = ('300M',)
+  config.stages = 'retrain,export'
+  with pytest.raises(ValueError, match=r"no published AutoSlim-mobilenet_v2 '300M' \(did you "
+                                       r"mean '305M'\?\)"):
+    defaults.check_config(config)
