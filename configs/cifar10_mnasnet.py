@@ -1,5 +1,5 @@
-r"""CIFAR-10 supernet: the CIFAR MNasNet (no squeeze-and-excite) at 1.5x max width (215M MACs), with the
-recipe of cifar10_mbv2.py.
+r"""CIFAR-10 supernet: the CIFAR MNasNet (no squeeze-and-excite) at 1.5x max width (215M MACs),
+with the recipe of cifar10_mbv2.py.
 
 Command:  python -m autoslim_jax.main --config=configs/cifar10_mnasnet.py --workdir=WORKDIR
           (--config.dataset.name=npz --config.dataset.path=FILE.npz for arrays of your own)

@@ -32,8 +32,9 @@ def test_config_is_valid_and_documented(path):
 
 
 def test_shipped_configs():
-  assert {os.path.basename(p) for p in CONFIG_FILES} >= {'quickstart.py', 'cifar10_mbv2.py',
-                                                         'mbv2.py'}
+  networks = ('mbv2', 'mbv1', 'mnasnet', 'resnet50')
+  assert {os.path.basename(p) for p in CONFIG_FILES} >= {
+      'quickstart.py', *(f'{n}.py' for n in networks), *(f'cifar10_{n}.py' for n in networks)}
 
 
 def test_unknown_keys_are_refused_with_a_suggestion():

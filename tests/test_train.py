@@ -142,5 +142,6 @@ def test_learning_rate_schedules():
   cosine = train.learning_rate_schedule(cfg, steps_per_epoch=10, total_steps=1000)
   assert float(cosine(10)) == pytest.approx(0.2) and float(cosine(1000)) == pytest.approx(0.0)
   cfg.schedule = 'exponential'
-  with pytest.raises(ValueError, match="unknown schedule 'exponential'; valid: linear, cosine, step"):
+  with pytest.raises(ValueError,
+                     match="unknown schedule 'exponential'; valid: linear, cosine, step"):
     train.learning_rate_schedule(cfg, steps_per_epoch=10, total_steps=1000)
