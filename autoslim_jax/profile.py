@@ -14,8 +14,8 @@ r"""Prints the MACs, params and memory of a network config.
 inline or as a file; ``--published`` one of the paper's AutoSlim networks
 (``autoslim_jax/published.py``). ``--model`` is a registered name (mobilenet_v1, mobilenet_v2,
 mnasnet, resnet50) or a user's factory, ``module:function`` or ``file.py:function``.
-Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency`` adds the measured median time of one image through the slim network on one CPU thread
-(``autoslim_jax/latency.py``).
+Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency`` adds the measured
+median time of one image through the slim network on one CPU thread (``autoslim_jax/latency.py``).
 """
 
 from __future__ import annotations
