@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     'absl-py==2.5.1',
     # The search trajectory, accuracy-MACs and channels plots (Agg backend, headless).
     'matplotlib==3.11.2',
+    # Checks every file of a user's image folder before training (names an unreadable one).
+    'pillow==13.0.0',
     'numpy==2.4.6',
     # tfds' ImageNet builder imports it when it prepares the manual download.
     'importlib_resources==7.1.0',

@@ -116,6 +116,19 @@ def get_default_config() -> ml_collections.ConfigDict:
 
 STAGES = ('supernet', 'search', 'retrain', 'export')
 
+# Numeric fields with a lower bound: key -> (bound, bound allowed).
+POSITIVE = {
+    'groups': (2, True), 'min_width': (0, False), 'dataset.heldout_size': (1, True),
+    'search.batch_size': (1, True), 'search.num_images': (0, True), 'search.chunk_size': (0, True),
+    'calibration.num_images': (1, True), 'calibration.batch_size': (1, True),
+    **{f'{stage}.{key}': bound for stage in ('supernet', 'retrain') for key, bound in (
+        ('batch_size', (1, True)), ('num_epochs', (0, False)), ('base_learning_rate', (0, False)),
+        ('base_batch_size', (1, True)), ('warmup_epochs', (0, True)), ('weight_decay', (0, True)),
+        ('log_every_steps', (1, True)), ('eval_every_steps', (0, True)),
+        ('checkpoint_every_steps', (1, True)), ('checkpoints_to_keep', (1, True)),
+        ('eval_batch_size', (1, True)))},
+}
+
 
 def parse_stages(stages: str) -> list[str]:
   names = [s.strip() for s in stages.split(',') if s.strip()]
@@ -163,3 +176,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.supernet.num_sandwich < 2:
     raise ValueError(f'supernet.num_sandwich must be >= 2 (max and min), got '
                      f'{config.supernet.num_sandwich}')
+  for key, (low, inclusive) in POSITIVE.items():
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    if value < low or (value == low and not inclusive):
+      raise ValueError(f'config.{key} is {value!r}; valid: {">=" if inclusive else ">"} {low}')

@@ -128,9 +128,7 @@ def shard_for_process(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def tfds_source(name: str, data_config: ml_collections.ConfigDict) -> DataSource:
   """A tfds data set; the held-out part is ``train[:heldout_size]``."""
   if name == 'folder':
-    if not os.path.isdir(os.path.join(data_config.path or '', 'train')):
-      raise ValueError(f'image folder {data_config.path!r} (config.dataset.path) has no train/ '
-                       'folder; lay it out as PATH/train/CLASS/image.jpg and PATH/test/CLASS/...')
+    check_image_folder(data_config.path or '')
     builder = tfds.ImageFolder(data_config.path)
   else:
     try:
@@ -167,6 +165,26 @@ def tfds_source(name: str, data_config: ml_collections.ConfigDict) -> DataSource
       num_examples=num_examples, image_shape=shape,
       num_classes=builder.info.features['label'].num_classes, mean=mean, std=std,
       encoded=encoded)
+
+
+def check_image_folder(path: str) -> None:
+  """Opens every image of ``PATH/{train,test}/CLASS/`` (headers and structure, no full decode),
+  so an unreadable file is named now rather than failing a training step hours later."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top  # only image folders need it
+  for split in ('train', 'test'):
+    split_dir = os.path.join(path, split)
+    if not os.path.isdir(split_dir):
+      raise ValueError(f'image folder {path!r} (config.dataset.path) has no {split}/ folder; lay '
+                       'it out as PATH/train/CLASS/image.jpg and PATH/test/CLASS/image.jpg')
+    for root, _, files in os.walk(split_dir):
+      for name in sorted(files):
+        file_path = os.path.join(root, name)
+        try:
+          with PIL.Image.open(file_path) as image:
+            image.verify()
+        except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds
+          raise ValueError(f'image folder {path!r}: cannot read {file_path} as an image '
+                           f'({type(e).__name__}: {e}); remove or replace it') from None
 
 
 def prepare(builder, name: str, data_config: ml_collections.ConfigDict) -> None:

@@ -14,6 +14,10 @@ from ml_collections import config_flags
 from autoslim_jax import pipeline
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, results, exports.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'If --workdir holds the outputs of a different config, delete them and '
+    'start again (without it such a workdir is refused). A rerun of the same config always '
+    'resumes.')
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -32,7 +36,7 @@ def main(argv):
   for handler in std_logging.getLogger().handlers + [logging.get_absl_handler()]:
     handler.addFilter(_QuietLibraries())
   try:
-    pipeline.run(flags.FLAGS.config, _WORKDIR.value)
+    pipeline.run(flags.FLAGS.config, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except ValueError as e:  # bad input: say what and stop, no stack trace from deep inside
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import time
 from typing import Any, Mapping
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -98,23 +100,29 @@ class Evaluator:
     return calibrated, metrics
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-  """Checks the config, then runs the requested stages; returns the results (export stage)."""
+def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
+        ) -> dict[str, Any] | None:
+  """Checks the config, then runs the requested stages; returns the results (export stage).
+
+  Every check that needs no compilation comes first (``check_before_compiling``), so a mistake
+  is reported in seconds, not after a compile. ``overwrite`` lets a config other than the one
+  that wrote ``workdir`` replace its outputs (without it, that is refused).
+  """
   defaults.check_config(config)
   stages = defaults.parse_stages(config.stages)
   network, space = build_network(config)
   training_network, _ = build_network(config, config.supernet.compute_dtype)
-  targets = search.parse_targets(config.search.targets, network)  # refuses bad targets early
   source = input_pipeline.create_source(config.dataset)
-  check_data_fits(network, source)
-  os.makedirs(workdir, exist_ok=True)
+  check_before_compiling(config, network, space, source)
+  searched = published_targets(config, network) if config.retrain.published else None
+  claim_workdir(config, workdir, overwrite)
   logging.info('%s; %s; stages: %s', network, space, ', '.join(stages))
   logging.info('data %s: %s', source.name,
                ', '.join(f'{name} {count}' for name, count in source.num_examples.items()))
   last_stage = stages[-1]
 
   if config.retrain.published:
-    supernet_variables, searched = None, published_targets(config, network)
+    supernet_variables = None
   else:
     supernet_variables, searched = supernet_and_search(config, workdir, network, training_network,
                                                        space, source, stages)
@@ -144,6 +152,63 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | Non
                                 retrained, source)
   print_results(results, workdir)
   return results
+
+
+def check_before_compiling(config, network, space, source) -> None:
+  """The checks of a run that need no compilation: batch sizes against the devices, the data
+  against the network, and targets against the range of MACs, params and memory (latency
+  targets need measurements: the search checks them before its first step)."""
+  check_data_fits(network, source)
+  for key in ('supernet.batch_size', 'supernet.eval_batch_size', 'search.batch_size',
+              'calibration.batch_size', 'retrain.batch_size', 'retrain.eval_batch_size'):
+    section, field = key.split('.')
+    parallel.check_batch_size(config[section][field], key)
+  targets = search.parse_targets(config.search.targets, network)
+  counted = [t for t in targets if t.metric in resources_lib.RESOURCES]
+  if counted and not config.retrain.published:
+    resource_model = resources_lib.ResourceModel(network)
+    search.check_targets_reachable(counted, resource_model(space.max_config()),
+                                   resource_model(space.min_config()))
+
+
+CONFIG_FILE = 'config.json'
+# Keys a rerun may change without changing what the workdir holds.
+RERUN_KEYS = ('stages',)
+
+
+def claim_workdir(config, workdir: str, overwrite: bool) -> None:
+  """Records the config in ``workdir``; refuses a workdir written by another config (the
+  outputs would mix two runs) unless ``overwrite``, which deletes them first."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = _flat(json.loads(config.to_json_best_effort()))
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = _flat(json.load(f))
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RERUN_KEYS and saved.get(k) != current.get(k))
+    if changed and not overwrite:
+      details = '; '.join(f'{k}: {saved.get(k)!r} there, {current.get(k)!r} now'
+                          for k in changed[:5])
+      raise ValueError(f'{workdir} holds the outputs of another config ({details}'
+                       f'{"; ..." if len(changed) > 5 else ""}); use a new --workdir, or '
+                       f'--overwrite to delete its outputs and start again')
+    if changed:
+      logging.warning('--overwrite: deleting the outputs in %s of another config (%s)',
+                      workdir, ', '.join(changed))
+      for name in os.listdir(workdir):
+        target = os.path.join(workdir, name)
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        else:
+          os.remove(target)
+  if jax.process_index() == 0:
+    export.write_atomic(path, config.to_json_best_effort(indent=1).encode())
+
+
+def _flat(tree, prefix=''):
+  if isinstance(tree, dict):
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f'{prefix}{key}.').items()}
+  return {prefix[:-1]: tree}
 
 
 def supernet_and_search(config, workdir: str, network, training_network, space, source,

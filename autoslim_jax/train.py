@@ -206,8 +206,9 @@ class Checkpoints:
   """Orbax checkpoints of the train state under ``directory``."""
 
   def __init__(self, directory: str, max_to_keep: int):
+    self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
@@ -220,12 +221,32 @@ class Checkpoints:
     host_state = jax.tree_util.tree_map(_host_copy, flax.serialization.to_state_dict(state))
     self.manager.save(int(state.step), args=ocp.args.StandardSave(host_state))
 
-  def restore(self, state: TrainState, step: int | None = None) -> TrainState:
-    step = self.latest_step() if step is None else step
+  def restore(self, state: TrainState) -> TrainState:
+    """The latest readable checkpoint. A damaged one (a crash mid-write that orbax did not
+    catch, a truncated copy, a bad disk) is moved to ``damaged_checkpoints/`` beside the
+    checkpoints, with a warning, and the one before it is used."""
     target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
                                     flax.serialization.to_state_dict(state))
-    restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-    return flax.serialization.from_state_dict(state, restored)
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many
+        if step == steps[-1]:
+          raise ValueError(f'no readable checkpoint in {self.directory}: the one of step {step} '
+                           f'fails to load ({type(e).__name__}: {e}); move the folder away to '
+                           'start again') from None
+        aside = os.path.join(os.path.dirname(self.directory), 'damaged_checkpoints',
+                             f'{step}_{int(time.time())}')
+        logging.warning('the checkpoint of step %d in %s is damaged (%s: %.300s); moved to %s, '
+                        'resuming from an earlier one', step, self.directory,
+                        type(e).__name__, e, aside)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(os.path.join(self.directory, str(step)), aside)
+        self.manager.reload()
+        continue
+      return flax.serialization.from_state_dict(state, restored)
+    raise ValueError(f'no checkpoint in {self.directory}')
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -318,11 +339,16 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
         history = jax.device_get(pending)
         bad = [step - len(history) + 1 + i for i, m in enumerate(history) if not m['finite']]
         if bad:
+          first = history[bad[0] - (step - len(history) + 1)]
+          members = [k[len('loss_'):] for k, v in first.items()
+                     if k.startswith('loss_') and not np.isfinite(v)]
+          where = (f'the loss of sub-network(s) {", ".join(members)}' if members else
+                   'the gradient (every sub-network\'s loss was finite)')
           raise NonFiniteLossError(
-              f'{name}: non-finite loss or gradient at step {bad[0]} (steps {bad[0]}-{step} '
-              f'checked since the last log); those updates were not applied and the last good '
-              f'checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning rate '
-              f'or use float32.')
+              f'{name}: non-finite {where} at step {bad[0]} (steps {step - len(history) + 1}-'
+              f'{step} were checked at this log); those updates were not applied and the last '
+              f'good checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning '
+              f'rate or use float32.')
         seconds = time.perf_counter() - last_log_time
         steps_done = step - last_log_step
         scalars = {k: float(np.mean([m[k] for m in history])) for k in history[0]

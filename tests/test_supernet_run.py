@@ -69,7 +69,30 @@ def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
   config = _config(steps=4)
   config.supernet.base_learning_rate = 1e30
   config.supernet.log_every_steps = 1
-  with pytest.raises(train.NonFiniteLossError, match=r'non-finite loss or gradient at step \d'):
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'non-finite (the loss of sub-network\(s\) (max|min)|the gradient).* '
+                           r'at step \d \(steps \d-\d were checked'):
     _train(config, tmp_path)
   # the diverged state never reached a checkpoint
   assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  config = _config(steps=4)
+  config.supernet.checkpoint_every_steps = 2
+  straight = _train(config, tmp_path / 'straight')
+  _train(config, tmp_path / 'damaged')
+  checkpoints = tmp_path / 'damaged' / 'checkpoints'
+  assert sorted(os.listdir(checkpoints)) == ['2', '4']
+  for root, _, files in os.walk(checkpoints / '4'):  # a truncated copy / a bad disk
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'\0garbage')
+  with caplog.at_level('WARNING'):
+    resumed = _train(config, tmp_path / 'damaged')
+  assert 'the checkpoint of step 4' in caplog.text and 'is damaged' in caplog.text
+  assert os.listdir(tmp_path / 'damaged' / 'damaged_checkpoints')  # kept aside, not deleted
+  assert sorted(os.listdir(checkpoints)) == ['2', '4']  # step 4 trained again from step 2
+  for a, b in zip(jax.tree_util.tree_leaves(straight.params),
+                  jax.tree_util.tree_leaves(resumed.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

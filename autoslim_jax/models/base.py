@@ -60,8 +60,10 @@ def trace_layers(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[Layer
     return out
 
   with nn.intercept_methods(record):
-    jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0),
-                   jnp.zeros((1,) + tuple(input_shape), jnp.float32))
+    # Shapes only, built inside the traced function: no array is created, nothing compiles
+    # (the config checks that read the layer table come before any compilation).
+    jax.eval_shape(lambda images: module.init(jax.random.key(0), images, train=False),
+                   jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32))
   return tuple(records)
 
 

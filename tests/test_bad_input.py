@@ -1,0 +1,135 @@
+"""Bad input is refused early and clearly: every mistake below is named in the message, and
+raised before JAX compiles anything (a mistake must not cost a supernet's compile)."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from autoslim_jax import defaults
+from autoslim_jax import models
+from autoslim_jax import pipeline
+from autoslim_jax import published
+
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kwargs: _COMPILES.append(event)
+    if event == '/jax/core/compile/backend_compile_duration' else None)
+
+
+def _config():
+  """A valid small run on the embedded digits (as the quickstart)."""
+  config = defaults.get_default_config()
+  config.model_kwargs.update(dict(layout='cifar', width_mult=0.5, image_size=8, in_channels=1,
+                                  num_classes=10))
+  config.dataset.update(dict(name='digits', heldout_size=200, augmentation='shift'))
+  for section in (config.supernet, config.retrain):
+    section.update(dict(batch_size=64, eval_batch_size=200))
+  config.search.batch_size = 200
+  config.calibration.batch_size = 128
+  return config
+
+
+def _refused(config, workdir, match, **kwargs):
+  before = len(_COMPILES)
+  with pytest.raises(ValueError, match=match):
+    pipeline.run(config, str(workdir), **kwargs)
+  assert len(_COMPILES) == before, 'compiled before refusing'
+
+
+def _set(config, key, value):
+  *sections, field = key.split('.')
+  for section in sections:
+    config = config[section]
+  config[field] = value
+
+
+MISTAKES = [
+    ('supernet.batchsize', 64,
+     r"unknown config key supernet.'batchsize' \(did you mean supernet.'batch_size'\?\)"),
+    ('serch', 1, r"unknown config key 'serch' \(did you mean 'search'\?\)"),
+    ('min_width', 0.6, r'min_width 0.6 must be in \(0, max width 0.5\]'),  # range inverted
+    ('groups', 1, r'config.groups is 1; valid: >= 2'),
+    ('supernet.batch_size', 12, r'supernet.batch_size 12 is not divisible by the 8 devices'),
+    ('search.batch_size', 100, r'search.batch_size 100 is not divisible by the 8 devices'),
+    ('search.targets.macs', (1e3,), r'search target macs_1K \(macs <= 1000\) is outside the reachable range'),
+    ('search.targets.params', (1e12,), r'outside the reachable range'),
+    ('supernet.num_sandwich', 1, r'num_sandwich must be >= 2'),
+    ('supernet.num_epochs', 0.0, r'config.supernet.num_epochs is 0.0; valid: > 0'),
+    ('model', 'mobilenetv2', r"unknown model 'mobilenetv2' \(did you mean 'mobilenet_v2'\?\)"),
+    ('model_kwargs.image_size', 16, r'images of shape \(8, 8, 1\) but the network takes '
+                                        r'\(16, 16, 1\)'),
+    ('dataset.name', 'cifar100000', r"unknown data set 'cifar100000'"),
+    ('stages', 'supernet,serach', r"unknown stage 'serach' in config.stages \(did you mean "
+                                  r"'search'\?\)"),
+    ('retrain.published', ('207M',), r"retrains the published networks: set "
+                                     r"config.stages=retrain,export"),
+]
+
+
+@pytest.mark.parametrize('key,value,match', MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistake_is_named_before_any_compilation(key, value, match, tmp_path):
+  config = _config()
+  _set(config, key, value)
+  _refused(config, tmp_path, match)
+  assert not os.path.exists(tmp_path / 'supernet')
+
+
+def test_missing_imagenet_manual_download_says_where_to_put_it(tmp_path):
+  config = _config()
+  config.dataset.update(dict(name='imagenet2012', data_dir=str(tmp_path / 'tfds'),
+                             manual_dir=str(tmp_path / 'manual')))
+  _refused(config, tmp_path / 'w', r'put ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar .* in '
+                                   rf"'{tmp_path / 'manual'}' \(config.dataset.manual_dir\)")
+
+
+def test_image_folder_with_an_unreadable_file_names_it(tmp_path):
+  for split in ('train', 'test'):
+    for label in ('cat', 'dog'):
+      os.makedirs(tmp_path / 'images' / split / label)
+      for i in range(2):
+        jax_free_png = tmp_path / 'images' / split / label / f'{i}.png'
+        import PIL.Image  # pylint: disable=g-import-not-at-top
+        PIL.Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(jax_free_png)
+  broken = tmp_path / 'images' / 'train' / 'dog' / 'broken.jpg'
+  broken.write_bytes(b'\xff\xd8 not really a jpeg')
+  config = _config()
+  config.dataset.update(dict(name='folder', path=str(tmp_path / 'images')))
+  _refused(config, tmp_path / 'w', rf'cannot read {broken} as an image')
+
+
+def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
+  config = _config()
+  pipeline.claim_workdir(config, str(tmp_path), overwrite=False)  # as a first run does
+  (tmp_path / 'supernet').mkdir()
+  pipeline.claim_workdir(config, str(tmp_path), overwrite=False)  # the same config resumes
+  config.stages = 'supernet'
+  pipeline.claim_workdir(config, str(tmp_path), overwrite=False)  # stages may change
+  other = _config()
+  other.supernet.base_learning_rate = 0.1
+  _refused(other, tmp_path, r'holds the outputs of another config \(supernet.base_learning_rate: '
+                            r'0.5 there, 0.1 now\); use a new --workdir, or --overwrite')
+  assert (tmp_path / 'supernet').exists()
+  pipeline.claim_workdir(other, str(tmp_path), overwrite=True)
+  assert os.listdir(tmp_path) == ['config.json']  # the old outputs are gone
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['supernet']['base_learning_rate'] == 0.1
+
+
+def test_channel_list_of_another_model_is_refused():
+  resnet_list = list(published.get('resnet50', '570M').channel_num_list)
+  with pytest.raises(ValueError, match=r'channel_num_list has 54 entries; this network takes 15 '
+                                       r'\(stem, block1, .*, block13, classes\)'):
+    models.create_network('mobilenet_v1').config_from_list(resnet_list)
+  config = _config()
+  config.model = 'resnet50'
+  config.model_kwargs = ml_collections.ConfigDict(dict(layout="cifar", image_size=8,
+                                                                in_channels=1))
+  config.retrain.published = ('570M',)
+  config.stages = 'retrain,export'
+  with pytest.raises(ValueError, match='the published AutoSlim-resnet50 570M does not fit the '
+                                       r'configured network .*entry 53 is the number of classes'):
+    pipeline.run(config, '/nonexistent/never/written')
