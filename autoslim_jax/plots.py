@@ -8,6 +8,7 @@ stored as counts and shown in millions.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -17,6 +18,8 @@ import matplotlib
 # Selected before pyplot is imported so that plotting works without a display (servers, CI).
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from autoslim_jax import export  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DPI = 120
 
@@ -36,7 +39,9 @@ def _save(fig, path: str | os.PathLike) -> str:
   if folder:
     os.makedirs(folder, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=_DPI, format='png')
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=_DPI, format='png')
+  export.write_atomic(path, buffer.getvalue())  # a crash never leaves half a PNG
   # pyplot keeps every figure alive until closed: plotting many targets would leak memory.
   plt.close(fig)
   return path

@@ -2,7 +2,14 @@
 
 import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,24 +65,35 @@ def test_profile_refuses_malformed_lists(channels, message):
 
 
 # Two sandwich members (max and min) halve the supernet step's compile time.
+# Checkpoints every 2 steps give a killed run something to resume from (test_kill_resume.py).
 SHORT_QUICKSTART = ('--config=configs/quickstart.py', '--config.supernet.num_epochs=0.25',
                     '--config.supernet.num_sandwich=2',
                     '--config.search.targets.macs_of_width=(0.45,)',
-                    '--config.retrain.num_epochs=0.25')
+                    '--config.retrain.num_epochs=0.25',
+                    '--config.supernet.checkpoint_every_steps=2',
+                    '--config.retrain.checkpoint_every_steps=2')
 
 
-def test_main_quickstart_stages_then_resume(tmp_path):
-  """The whole pipeline, shortened (5 supernet steps, a target close to the max, 5 retraining
-  steps): first restricted to supernet and search, then the rest, then a rerun that only reads."""
-  workdir = tmp_path / 'quick'
+@pytest.fixture(scope='module')
+def staged_quickstart(tmp_path_factory):
+  """The shortened quickstart run first as supernet and search, then the rest: (workdir, the
+  first command's output). Also the reference of the kill-and-resume test."""
+  workdir = tmp_path_factory.mktemp('quickstart') / 'quick'
   first = run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}',
               '--config.stages=supernet,search')
-  assert os.listdir(workdir / 'supernet' / 'checkpoints') == ['5']
+  run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
+  return workdir, first
+
+
+def test_main_quickstart_stages_then_resume(staged_quickstart):
+  """The whole pipeline, shortened (5 supernet steps, a target close to the max, 5 retraining
+  steps): first restricted to supernet and search, then the rest, then a rerun that only reads."""
+  workdir, first = staged_quickstart
+  assert sorted(os.listdir(workdir / 'supernet' / 'checkpoints')) == ['2', '4', '5']
   assert (workdir / 'search' / 'search.json').exists()
-  assert not (workdir / 'retrain').exists() and not (workdir / 'results.json').exists()
+  assert 'retrain' not in first.stderr and 'stage export' not in first.stderr
   assert 'search step 1:' in first.stderr
 
-  run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
   results = json.loads((workdir / 'results.json').read_text())
   (target,) = results['targets']
   assert target['name'] == 'macs_0.45x' and target['metric'] == 'macs'
@@ -124,3 +142,86 @@ def test_readme_python_examples_run():
   assert len(blocks) >= 3
   for code in blocks:  # the own-network file only defines; test_zoo.py runs it
     exec(compile(code, 'README.md', 'exec'), {})  # pylint: disable=exec-used
+
+
+def _output_summary(workdir):
+  """What a run leaves that must not depend on interruptions: results, trajectory, exports."""
+  results = json.loads((workdir / 'results.json').read_text())
+  trajectory = [json.loads(line) for line in (workdir / 'search' / 'trajectory.jsonl').open()]
+  for record in trajectory:
+    record.pop('seconds', None)
+  exports = {}
+  for target in results['targets']:
+    for family in ('autoslim', 'uniform'):
+      _, variables, description = export.load_slim(target[family]['export'])
+      exports[target['name'], family] = (description['channels'], variables)
+      target[family].pop('export')
+  results.pop('search_trajectory')
+  return results, trajectory, exports
+
+
+# Where the kill-and-resume test kills the pipeline: (what, condition on (stderr so far,
+# workdir), longest random delay in seconds after the condition holds).
+KILL_POINTS = (
+    ('during a supernet checkpoint write',
+     lambda log, w: any('tmp' in n for n in _listdir(w / 'supernet' / 'checkpoints')), 0.0),
+    ('during supernet training', lambda log, w: '2' in _listdir(w / 'supernet' / 'checkpoints'),
+     0.5),
+    ('during the search', lambda log, w: 'search step 1:' in log, 0.3),
+    ('during retraining',
+     lambda log, w: any('2' in _listdir(p) for p in w.glob('retrain/*/*/checkpoints')), 0.3),
+    ('during the export', lambda log, w: 'stage export:' in log, 2.0),
+)
+
+
+def _listdir(path):
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def _run_until_killed(args, workdir, condition, max_delay, rng):
+  """Starts ``python -m args``; SIGKILLs it a random delay after ``condition`` holds. Returns
+  whether it was killed (False: it ended first)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
+  process = subprocess.Popen([sys.executable, '-m', *args], cwd=REPO, env=env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  lines = []
+  reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+  reader.start()
+  deadline = time.monotonic() + 300
+  while process.poll() is None and time.monotonic() < deadline:
+    if condition(''.join(lines), workdir):
+      time.sleep(rng.uniform(0, max_delay))
+      if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True
+    time.sleep(0.01)
+  process.wait(timeout=60)
+  assert process.returncode == 0, ''.join(lines)[-3000:]
+  return False
+
+
+def test_killed_at_random_points_resumes_to_the_same_results(staged_quickstart, tmp_path):
+  """SIGKILL at five points (one inside a checkpoint write, the others a random delay after a
+  stage's landmark); rerunning the same command after each kill ends with the same results,
+  search trajectory and exported networks as the run that was never killed."""
+  workdir = tmp_path / 'killed'
+  args = ('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
+  rng = random.Random(0)
+  killed = [what for what, condition, max_delay in KILL_POINTS
+            if _run_until_killed(args, workdir, condition, max_delay, rng)]
+  assert len(killed) >= 3, killed  # the short stages may end before a delayed kill lands
+  run(*args)
+
+  reference_results, reference_trajectory, reference_exports = _output_summary(
+      staged_quickstart[0])
+  results, trajectory, exports = _output_summary(workdir)
+  assert trajectory == reference_trajectory
+  assert results == reference_results
+  for key, (channels, variables) in reference_exports.items():
+    assert exports[key][0] == channels
+    for a, b in zip(jax.tree_util.tree_leaves(variables),
+                    jax.tree_util.tree_leaves(exports[key][1])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
