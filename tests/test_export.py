@@ -15,7 +15,7 @@ def _randomize_batch_stats(variables, key):
   return {**variables, 'batch_stats': jax.tree_util.tree_unflatten(tree, new)}
 
 
-@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize('seed', [0])  # random configs: test_properties.py
 def test_slim_network_equals_masked_supernet(zoo_network, zoo_variables, seed):
   space = zoo_network.channel_space()
   config = {n: int(c) for n, c in space.sample(jax.random.key(100 + seed)).items()}
