@@ -165,8 +165,6 @@ def _output_summary(workdir):
 KILL_POINTS = (
     ('during a supernet checkpoint write',
      lambda log, w: any('tmp' in n for n in _listdir(w / 'supernet' / 'checkpoints')), 0.0),
-    ('during supernet training', lambda log, w: '2' in _listdir(w / 'supernet' / 'checkpoints'),
-     0.5),
     ('during the search', lambda log, w: 'search step 1:' in log, 0.3),
     ('during retraining',
      lambda log, w: any('2' in _listdir(p) for p in w.glob('retrain/*/*/checkpoints')), 0.3),
@@ -204,15 +202,15 @@ def _run_until_killed(args, workdir, condition, max_delay, rng):
 
 
 def test_killed_at_random_points_resumes_to_the_same_results(staged_quickstart, tmp_path):
-  """SIGKILL at five points (one inside a checkpoint write, the others a random delay after a
-  stage's landmark); rerunning the same command after each kill ends with the same results,
+  """SIGKILL at four points (inside a supernet checkpoint write, then a random delay after the
+  search's, retraining's and export's landmarks); rerunning the same command after each kill ends with the same results,
   search trajectory and exported networks as the run that was never killed."""
   workdir = tmp_path / 'killed'
   args = ('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
   rng = random.Random(0)
   killed = [what for what, condition, max_delay in KILL_POINTS
             if _run_until_killed(args, workdir, condition, max_delay, rng)]
-  assert len(killed) >= 3, killed  # the short stages may end before a delayed kill lands
+  assert len(killed) >= 3, killed  # a short stage may end before a delayed kill lands
   run(*args)
 
   reference_results, reference_trajectory, reference_exports = _output_summary(
