@@ -29,7 +29,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    'test': ['pytest==9.0.3', 'chex==0.1.92', 'hypothesis==6.155.2'],
+    # pytest-xdist: the README's test command runs the suite on 2 processes (one per core).
+    'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'chex==0.1.92', 'hypothesis==6.155.2'],
     'tpu': ['jax[tpu]==0.10.2'],
     'gpu': ['jax[cuda12]==0.10.2'],
 }

@@ -8,6 +8,7 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tests build the same small train steps several times (a run, then its resumption): keep their
 # compiled code on disk so that each compiles once per test session.
@@ -62,4 +63,15 @@ def zoo_network(request):
 
 @pytest.fixture(scope='session')
 def zoo_variables(zoo_network):
-  return zoo_network.init(jax.random.key(0), batch_size=2)
+  """Initial params with non-trivial BatchNorm running statistics (means N(0, 0.1), variances
+  uniform in [0.5, 1.5]), so a wrongly sliced statistic shows in the logits of a slim export."""
+  variables = jax.device_get(zoo_network.init(jax.random.key(0), batch_size=2))
+  rng = np.random.default_rng(0)
+
+  def randomize(path, leaf):
+    if path[-1].key == 'mean':
+      return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+    return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+
+  batch_stats = jax.tree_util.tree_map_with_path(randomize, variables['batch_stats'])
+  return {'params': variables['params'], 'batch_stats': batch_stats}

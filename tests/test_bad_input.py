@@ -130,6 +130,5 @@ def test_channel_list_of_another_model_is_refused():
                                                                 in_channels=1))
   config.retrain.published = ('570M',)
   config.stages = 'retrain,export'
-  with pytest.raises(ValueError, match='the published AutoSlim-resnet50 570M does not fit the '
-                                       r'configured network .*entry 53 is the number of classes'):
-    pipeline.run(config, '/nonexistent/never/written')
+  _refused(config, '/nonexistent/never/written', 'the published AutoSlim-resnet50 570M does not '
+           r'fit the configured network .*entry 53 is the number of classes')
