@@ -6,7 +6,6 @@ never silently fall back to a default.
 from __future__ import annotations
 
 import difflib
-import inspect
 
 import ml_collections
 
@@ -156,7 +155,7 @@ def _check_keys(config, defaults, prefix: str) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Refuses unknown keys (with a suggestion) and model arguments the model does not take."""
   _check_keys(config, get_default_config(), '')
-  parameters = inspect.signature(models.get_factory(config.model)).parameters
+  parameters = models.factory_parameters(config.model)
   for key in config.model_kwargs.keys():
     if key not in parameters:
       raise ValueError(f'config.model_kwargs.{key} is not an argument of {config.model}; valid: '

@@ -11,7 +11,6 @@ stages; a stage whose inputs are missing says which stage to run first.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 from absl import logging
+from flax import traverse_util
 
 from autoslim_jax import defaults
 from autoslim_jax import evaluate
@@ -52,7 +52,7 @@ def check_data_fits(network, source) -> None:
 def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
   """The network and its channel space from a config."""
   kwargs = config.model_kwargs.to_dict()
-  parameters = inspect.signature(models.get_factory(config.model)).parameters
+  parameters = models.factory_parameters(config.model)
   if 'dtype' in parameters:
     kwargs['dtype'] = dtype
   elif dtype != 'float32':
@@ -180,10 +180,11 @@ def claim_workdir(config, workdir: str, overwrite: bool) -> None:
   """Records the config in ``workdir``; refuses a workdir written by another config (the
   outputs would mix two runs) unless ``overwrite``, which deletes them first."""
   path = os.path.join(workdir, CONFIG_FILE)
-  current = _flat(json.loads(config.to_json_best_effort()))
+  text = config.to_json_best_effort(indent=1)
+  current = traverse_util.flatten_dict(json.loads(text), sep='.')
   if os.path.exists(path):
     with open(path) as f:
-      saved = _flat(json.load(f))
+      saved = traverse_util.flatten_dict(json.load(f), sep='.')
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RERUN_KEYS and saved.get(k) != current.get(k))
     if changed and not overwrite:
@@ -202,13 +203,8 @@ def claim_workdir(config, workdir: str, overwrite: bool) -> None:
         else:
           os.remove(target)
   if jax.process_index() == 0:
-    export.write_atomic(path, config.to_json_best_effort(indent=1).encode())
+    export.write_atomic(path, text.encode())
 
-
-def _flat(tree, prefix=''):
-  if isinstance(tree, dict):
-    return {k: v for key, value in tree.items() for k, v in _flat(value, f'{prefix}{key}.').items()}
-  return {prefix[:-1]: tree}
 
 
 def supernet_and_search(config, workdir: str, network, training_network, space, source,

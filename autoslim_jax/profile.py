@@ -20,7 +20,6 @@ median time of one image through the slim network on one CPU thread (``autoslim_
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -133,7 +132,7 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
 def factory_kwargs(model: str, **kwargs) -> dict[str, Any]:
   """The given arguments the model's factory takes (a user's network may lack ``layout``);
   None means the factory's default."""
-  parameters = inspect.signature(models.get_factory(model)).parameters
+  parameters = models.factory_parameters(model)
   unknown = [k for k, v in kwargs.items() if v is not None and k not in parameters]
   if unknown and not (unknown == ['layout'] and kwargs['layout'] == 'imagenet'):
     raise ValueError(f'model {model} takes no argument(s) {unknown}; its arguments: '

@@ -8,6 +8,7 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tests build the same small train steps several times (a run, then its resumption): keep their
@@ -17,19 +18,23 @@ jax.config.update('jax_compilation_cache_dir', os.path.join(
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from autoslim_jax import defaults  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def command_env():
+  """The environment of the commands tests run: CPU, and the tests' compilation cache."""
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
+
+
 def run(*args, check=True):
   """Runs ``python -m *args`` in the repository as a user would; asserts success by default."""
-  # The tests' compilation cache also serves the commands they run.
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-  result = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+  result = subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=command_env(),
+                          capture_output=True, text=True, timeout=600)
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
@@ -75,3 +80,17 @@ def zoo_variables(zoo_network):
 
   batch_stats = jax.tree_util.tree_map_with_path(randomize, variables['batch_stats'])
   return {'params': variables['params'], 'batch_stats': batch_stats}
+
+
+def mock_cifar_config(model, model_kwargs):
+  """Supernet and search of a CIFAR-layout ``model`` on tfds' mock cifar10 (1 step)."""
+  config = defaults.get_default_config()
+  config.model = model
+  config.model_kwargs = ml_collections.ConfigDict(dict(layout='cifar', **model_kwargs))
+  config.dataset.update(dict(name='cifar10', heldout_size=16, augmentation='crop_flip'))
+  config.supernet.update(dict(batch_size=32, num_sandwich=2, base_learning_rate=0.05,
+                              base_batch_size=32, num_epochs=1.0, eval_batch_size=16,
+                              log_every_steps=1, eval_every_steps=0))
+  config.search.batch_size = 16
+  config.stages = 'supernet,search'
+  return config

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, run
+from conftest import REPO, command_env, run
 
 from autoslim_jax import export
 
@@ -179,11 +179,8 @@ def _listdir(path):
 def _run_until_killed(args, workdir, condition, max_delay, rng):
   """Starts ``python -m args``; SIGKILLs it a random delay after ``condition`` holds. Returns
   whether it was killed (False: it ended first)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-  process = subprocess.Popen([sys.executable, '-m', *args], cwd=REPO, env=env, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  process = subprocess.Popen([sys.executable, '-m', *args], cwd=REPO, env=command_env(),
+                             text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   lines = []
   reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
   reader.start()
@@ -203,8 +200,9 @@ def _run_until_killed(args, workdir, condition, max_delay, rng):
 
 def test_killed_at_random_points_resumes_to_the_same_results(staged_quickstart, tmp_path):
   """SIGKILL at four points (inside a supernet checkpoint write, then a random delay after the
-  search's, retraining's and export's landmarks); rerunning the same command after each kill ends with the same results,
-  search trajectory and exported networks as the run that was never killed."""
+  search's, retraining's and export's landmarks); rerunning the same command after each kill
+  ends with the same results, search trajectory and exported networks as the run that was never
+  killed."""
   workdir = tmp_path / 'killed'
   args = ('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
   rng = random.Random(0)

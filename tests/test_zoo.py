@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import REPO, run
-from test_zoo_pipeline import _mock_cifar_config
+from conftest import REPO, mock_cifar_config, run
 
 from autoslim_jax import defaults
 from autoslim_jax import export
@@ -108,7 +107,7 @@ def test_readme_custom_network_trains_searches_and_exports(tmp_path):
 def test_retrain_published_network_without_supernet_or_search(tmp_path):
   """config.retrain.published: the paper's AutoSlim-MobileNet v1 150M trained from scratch
   beside its uniform baseline (at 32x32 on mock data, a few steps), then calibrated and tested."""
-  config = _mock_cifar_config('mobilenet_v1', dict(width_mult=1.5, image_size=32))
+  config = mock_cifar_config('mobilenet_v1', dict(width_mult=1.5, image_size=32))
   config.model_kwargs.layout = 'imagenet'  # the published lists are ImageNet nets: 1000 classes
   config.retrain.update(dict(published=('150M',), batch_size=32, base_batch_size=32,
                              num_epochs=1.0, eval_batch_size=16, log_every_steps=1))

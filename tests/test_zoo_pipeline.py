@@ -4,27 +4,14 @@ own file so that the two test processes share the load)."""
 import json
 import os
 
-import ml_collections
 import pytest
 import tensorflow_datasets as tfds
 
-from autoslim_jax import defaults
+from conftest import mock_cifar_config
+
 from autoslim_jax import pipeline
 from autoslim_jax import search
 from autoslim_jax.resources import ResourceModel
-
-
-def _mock_cifar_config(model, model_kwargs):
-  config = defaults.get_default_config()
-  config.model = model
-  config.model_kwargs = ml_collections.ConfigDict(dict(layout='cifar', **model_kwargs))
-  config.dataset.update(dict(name='cifar10', heldout_size=16, augmentation='crop_flip'))
-  config.supernet.update(dict(batch_size=32, num_sandwich=2, base_learning_rate=0.05,
-                              base_batch_size=32, num_epochs=1.0, eval_batch_size=16,
-                              log_every_steps=1, eval_every_steps=0))
-  config.search.batch_size = 16
-  config.stages = 'supernet,search'
-  return config
 
 
 ZOO_32 = {'mobilenet_v1': dict(width_mult=0.5), 'mobilenet_v2': dict(width_mult=0.5),
@@ -33,7 +20,7 @@ ZOO_32 = {'mobilenet_v1': dict(width_mult=0.5), 'mobilenet_v2': dict(width_mult=
 
 @pytest.mark.parametrize('model', sorted(ZOO_32))
 def test_supernet_steps_and_search_on_mock_cifar10(model, tmp_path):
-  config = _mock_cifar_config(model, ZOO_32[model])
+  config = mock_cifar_config(model, ZOO_32[model])
   network, space = pipeline.build_network(config)
   max_macs = ResourceModel(network)(space.max_config())['macs']
   config.search.targets.macs = (0.99 * max_macs,)  # a few greedy steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from typing import Callable
@@ -72,6 +73,11 @@ def _import_factory(name: str) -> Callable[..., Network]:
   return factory
 
 
+def factory_parameters(name: str) -> tuple[str, ...]:
+  """The keyword arguments the factory of model ``name`` takes."""
+  return tuple(inspect.signature(get_factory(name)).parameters)
+
+
 def create_network(name: str, **kwargs) -> Network:
   """Builds network ``name`` (registered or ``'module:function'``) with its factory's arguments."""
   network = get_factory(name)(**kwargs)
@@ -85,5 +91,6 @@ def create_network(name: str, **kwargs) -> Network:
   return network
 
 
-__all__ = ['LayerRecord', 'MODELS', 'Network', 'create_network', 'get_factory', 'register',
+__all__ = ['LayerRecord', 'MODELS', 'Network', 'create_network', 'factory_parameters',
+           'get_factory', 'register',
            'trace_layers']
