@@ -116,6 +116,17 @@ class ChannelSpace:
   def min_config(self) -> ChannelConfig:
     return {u.name: u.min_channels for u in self.units}
 
+  def slimming_candidates(self, config: Mapping[str, int]
+                          ) -> list[tuple[str, ChannelConfig]]:
+    """One step of greedy slimming's choices: for every unit that can still lose a group, (unit,
+    ``config`` with that unit one choice narrower), in unit order."""
+    result = []
+    for unit in self.units:
+      index = unit.choices.index(config[unit.name])
+      if index > 0:
+        result.append((unit.name, {**config, unit.name: unit.choices[index - 1]}))
+    return result
+
   def validate(self, config: Mapping[str, object], *, where: str = 'channel config'
                ) -> ChannelConfig:
     """Returns ``config`` in unit order as ints, or raises ValueError naming the bad entry.

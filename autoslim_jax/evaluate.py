@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from autoslim_jax import channels as channels_lib
 from autoslim_jax import parallel
 
 
@@ -127,3 +128,51 @@ def calibrate_batch_stats(calibration_step, variables: Mapping,
   if total is None:
     raise ValueError('BatchNorm calibration got no batches')
   return jax.device_get(jax.tree_util.tree_map(lambda x: x / count, total))
+
+
+def make_candidate_scorer(module: nn.Module, mesh: Mesh):
+  """(variables, sharded batch, chunk of configs) -> per-candidate sums over the batch.
+
+  The configs are a dict unit -> int array (chunk,): the network is vmapped over them, so a chunk
+  costs one call; BatchNorm normalises each candidate by its own batch statistics.
+  """
+
+  def per_device(variables, batch, configs):
+    def one_candidate(config):
+      logits = logits_with_batch_stats(module, variables, batch['image'], config)
+      return masked_sums(logits, batch['label'], batch['mask'])
+
+    sums = jax.vmap(one_candidate)(configs)
+    return jax.tree_util.tree_map(lambda x: x[None], sums)
+
+  # Per-device sums, added up by the caller: no collective inside the vmapped program (on
+  # XLA:CPU with many fake devices an all-reduce there can starve the shared thread pool).
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
+                               out_specs=P(parallel.DATA_AXIS)))
+
+
+def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]],
+                  configs: Sequence[Mapping[str, int]], space: channels_lib.ChannelSpace,
+                  chunk_size: int, mesh: Mesh) -> list[dict[str, float]]:
+  """Held-out accuracy, loss and correct count of every config, ``chunk_size`` at a time.
+
+  Each batch is moved to the devices once and scored by every chunk.
+  """
+  matrix = space.matrix(configs)
+  padding = (-len(configs)) % chunk_size
+  matrix = np.concatenate([matrix, np.repeat(matrix[-1:], padding, axis=0)])
+  chunks = [parallel.replicate(
+      {name: jnp.asarray(part[:, i], jnp.int32) for i, name in enumerate(space.unit_names)}, mesh)
+            for part in np.split(matrix, len(matrix) // chunk_size)]
+  totals = [None] * len(chunks)
+  for batch in batches:
+    sharded = parallel.shard_batch(batch, mesh)
+    for i, chunk in enumerate(chunks):
+      sums = scorer(variables, sharded, chunk)
+      totals[i] = sums if totals[i] is None else jax.tree_util.tree_map(jnp.add, totals[i], sums)
+  totals = jax.device_get(totals)  # per device: (devices, chunk) each
+  stacked = {key: np.concatenate([np.sum(t[key], 0) for t in totals])[:len(configs)]
+             for key in totals[0]}
+  return [{'accuracy': float(correct) / float(count), 'loss': float(loss) / float(count),
+           'correct': int(round(float(correct))), 'count': int(round(float(count)))}
+          for correct, loss, count in zip(stacked['correct'], stacked['loss'], stacked['count'])]

@@ -38,9 +38,10 @@ def mask_channels(x: jax.Array, unit: str | None, config: Config) -> jax.Array:
   return x * active.astype(x.dtype)
 
 
-def use_shifted_depthwise() -> bool:
-  """Depthwise convs as shifted multiply-adds on XLA:CPU, where the grouped conv is ~10x slower
-  (bench/bench_depthwise.py); accelerators keep the native grouped conv."""
+def use_cpu_conv_forms() -> bool:
+  """On XLA:CPU, depthwise convs as shifted multiply-adds (the grouped conv is ~10x slower) and
+  1x1 convs as matrix products (the conv is 2-6x slower): bench/bench_conv_forms.py.
+  Accelerators keep the native convs."""
   return jax.default_backend() == 'cpu'
 
 
@@ -80,6 +81,29 @@ class ShiftedDepthwiseConv(nn.Module):
     return out
 
 
+class PointwiseConvAsDot(nn.Module):
+  """A 1x1 conv as a matrix product over the channel axis (strided by subsampling first).
+
+  Same parameters (``kernel`` of shape (1, 1, C_in, C_out), same initialiser, optional
+  ``bias``) and same result as ``nn.Conv(C_out, (1, 1), strides)``.
+  """
+  features: int
+  strides: int = 1
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', CONV_INIT, (1, 1, x.shape[-1], self.features), jnp.float32)
+    if self.strides > 1:
+      x = x[:, ::self.strides, ::self.strides, :]
+    out = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    if self.use_bias:
+      out = out + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
+          self.dtype)
+    return out
+
+
 class SlimConv(nn.Module):
   """Conv -> BatchNorm -> activation -> channel mask, writing into ``out_unit``.
 
@@ -105,9 +129,12 @@ class SlimConv(nn.Module):
                        f'in_unit={self.in_unit!r}, out_unit={self.out_unit!r}, '
                        f'{x.shape[-1]} input channels, features={self.features}')
     pad = (self.kernel_size - 1) // 2  # symmetric, as in the reference (PyTorch) networks
-    if self.depthwise and use_shifted_depthwise():
+    if self.depthwise and use_cpu_conv_forms():
       x = ShiftedDepthwiseConv(self.kernel_size, self.strides, pad, use_bias=not self.batch_norm,
                                dtype=self.dtype, name='conv')(x)
+    elif self.kernel_size == 1 and not self.depthwise and use_cpu_conv_forms():
+      x = PointwiseConvAsDot(self.features, self.strides, use_bias=not self.batch_norm,
+                             dtype=self.dtype, name='conv')(x)
     else:
       x = nn.Conv(
           self.features, (self.kernel_size, self.kernel_size), strides=self.strides,

@@ -21,6 +21,7 @@ import ml_collections
 from autoslim_jax import input_pipeline
 from autoslim_jax import parallel
 from autoslim_jax import resources as resources_lib
+from autoslim_jax import steps
 from autoslim_jax import train
 from autoslim_jax.models.base import Network
 
@@ -63,14 +64,14 @@ def slim_step_factory(module, network: Network, cfg: ml_collections.ConfigDict, 
     space = network.channel_space()
     arrays = [space.as_arrays(c) for c in configs]
     draw = lambda step, device: arrays
-  return lambda schedule: train.make_distillation_step(module, network.num_classes, cfg, draw,
+  return lambda schedule: steps.make_distillation_step(module, network.num_classes, cfg, draw,
                                                        names, mesh, schedule)
 
 
 def train_slim(config: ml_collections.ConfigDict, workdir: str, network: Network,
                channels: Mapping[str, int], source: input_pipeline.DataSource,
                name: str, stop_after_step: int | None = None, restore_only: bool = False
-               ) -> train.TrainState:
+               ) -> steps.TrainState:
   """Trains (or resumes, or restores) one physically slim network with the retrain recipe."""
   module = network.slim_module(channels)
   mesh = parallel.make_mesh()
@@ -83,7 +84,7 @@ def train_joint(config: ml_collections.ConfigDict, workdir: str, network: Networ
                 configs: Sequence[Mapping[str, int]], names: Sequence[str],
                 source: input_pipeline.DataSource, name: str,
                 stop_after_step: int | None = None, restore_only: bool = False
-                ) -> train.TrainState:
+                ) -> steps.TrainState:
   """Trains one slimmable network over ``configs`` (sorted by MACs, largest first)."""
   module = network.supernet()
   mesh = parallel.make_mesh()
@@ -139,5 +140,5 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, network: Networ
   return states
 
 
-def trained_variables(state: train.TrainState) -> dict[str, Any]:
+def trained_variables(state: steps.TrainState) -> dict[str, Any]:
   return jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})

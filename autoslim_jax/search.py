@@ -6,7 +6,7 @@ on the held-out split with BatchNorm in batch-statistics mode. Candidates are sc
 ``search.chunk_size`` configs vmapped over their channel counts inside one compiled function
 (every chunk of every step has the same shape: the last chunk is padded with repeats), so the
 whole search compiles once. Scores are exact sums over every held-out example, so chunked and
-one-at-a-time evaluation choose identically.
+one-at-a-time evaluation choose identically (the scorer is `evaluate.make_candidate_scorer`).
 
 Every resource target (MACs, params, memory, latency) is reached by the first config of the
 trajectory at or under it; the search stops once every target is reached (or at the min config
@@ -20,16 +20,10 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import evaluate
@@ -97,65 +91,6 @@ def check_targets_reachable(targets: Sequence[Target], at_max: Mapping[str, floa
           f'search target {target.name} ({target.metric} <= {target.value:g}) is outside the '
           f'reachable range: the min config has {target.metric} {low:g} and the max config '
           f'{high:g}; give a value in [{low:g}, {high:g}]')
-
-
-def candidates(space: channels_lib.ChannelSpace, config: Mapping[str, int]
-               ) -> list[tuple[str, dict[str, int]]]:
-  """One candidate per unit that can still lose a group: (unit, config with that unit slimmed)."""
-  result = []
-  for unit in space.units:
-    index = unit.choices.index(config[unit.name])
-    if index > 0:
-      result.append((unit.name, {**config, unit.name: unit.choices[index - 1]}))
-  return result
-
-
-def make_candidate_scorer(module: nn.Module, mesh: Mesh):
-  """(variables, sharded batch, chunk of configs) -> per-candidate sums over the batch.
-
-  The configs are a dict unit -> int array (chunk,): the network is vmapped over them, so a chunk
-  costs one call; BatchNorm normalises each candidate by its own batch statistics.
-  """
-
-  def per_device(variables, batch, configs):
-    def one_candidate(config):
-      logits = evaluate.logits_with_batch_stats(module, variables, batch['image'], config)
-      return evaluate.masked_sums(logits, batch['label'], batch['mask'])
-
-    sums = jax.vmap(one_candidate)(configs)
-    return jax.tree_util.tree_map(lambda x: x[None], sums)
-
-  # Per-device sums, added up by the caller: no collective inside the vmapped program (on
-  # XLA:CPU with many fake devices an all-reduce there can starve the shared thread pool).
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
-                               out_specs=P(parallel.DATA_AXIS)))
-
-
-def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]],
-                  configs: Sequence[Mapping[str, int]], space: channels_lib.ChannelSpace,
-                  chunk_size: int, mesh: Mesh) -> list[dict[str, float]]:
-  """Held-out accuracy, loss and correct count of every config, ``chunk_size`` at a time.
-
-  Each batch is moved to the devices once and scored by every chunk.
-  """
-  matrix = space.matrix(configs)
-  padding = (-len(configs)) % chunk_size
-  matrix = np.concatenate([matrix, np.repeat(matrix[-1:], padding, axis=0)])
-  chunks = [parallel.replicate(
-      {name: jnp.asarray(part[:, i], jnp.int32) for i, name in enumerate(space.unit_names)}, mesh)
-            for part in np.split(matrix, len(matrix) // chunk_size)]
-  totals = [None] * len(chunks)
-  for batch in batches:
-    sharded = parallel.shard_batch(batch, mesh)
-    for i, chunk in enumerate(chunks):
-      sums = scorer(variables, sharded, chunk)
-      totals[i] = sums if totals[i] is None else jax.tree_util.tree_map(jnp.add, totals[i], sums)
-  totals = jax.device_get(totals)  # per device: (devices, chunk) each
-  stacked = {key: np.concatenate([np.sum(t[key], 0) for t in totals])[:len(configs)]
-             for key in totals[0]}
-  return [{'accuracy': float(correct) / float(count), 'loss': float(loss) / float(count),
-           'correct': int(round(float(correct))), 'count': int(round(float(count)))}
-          for correct, loss, count in zip(stacked['correct'], stacked['loss'], stacked['count'])]
 
 
 def best_candidate(scores: Sequence[Mapping[str, float]], score: str) -> int:
@@ -255,13 +190,13 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network
   chunk_size = cfg.chunk_size or len(space.units)
   if chunk_size < 0:
     raise ValueError(f'search.chunk_size must be >= 0 (0 = all candidates), got {chunk_size}')
-  scorer = make_candidate_scorer(network.supernet(), mesh)
+  scorer = evaluate.make_candidate_scorer(network.supernet(), mesh)
   variables = parallel.replicate(variables, mesh)
   num_images = cfg.num_images or None
   heldout = list(input_pipeline.eval_batches(source, 'heldout', cfg.batch_size, num_images))
 
   def score(configs):
-    return score_configs(scorer, variables, heldout, configs, space, chunk_size, mesh)
+    return evaluate.score_configs(scorer, variables, heldout, configs, space, chunk_size, mesh)
 
   def reached_all(trajectory):
     return all(first_under(trajectory, t) is not None for t in targets)
@@ -283,7 +218,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network
 
   while not (targets and reached_all(trajectory)) and trajectory[-1]['step'] != stop_after_step:
     current = trajectory[-1]['channels']
-    options = candidates(space, current)
+    options = space.slimming_candidates(current)
     if not options:
       break
     start = time.perf_counter()

@@ -11,9 +11,7 @@ the checkpoint is on disk) after one warm-up save, and appends a line to bench/r
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,8 @@ import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-impo
 from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=wrong-import-position
 from autoslim_jax import models  # pylint: disable=wrong-import-position
 from autoslim_jax import parallel  # pylint: disable=wrong-import-position
 from autoslim_jax import train  # pylint: disable=wrong-import-position
@@ -60,18 +60,11 @@ def main() -> None:
     device_s = median_save_seconds(replicated, os.path.join(root, 'device'))
     host_s = median_save_seconds(jax.tree_util.tree_map(train._host_copy, replicated),  # pylint: disable=protected-access
                                  os.path.join(root, 'host'))
-  machine = f'{platform.node()} {platform.machine()} {os.cpu_count()} cores'
-  versions = (f'jax {jax.__version__}, orbax-checkpoint {ocp.__version__}, '
-              f'numpy {np.__version__}')
-  line = (f'| {datetime.date.today()} | checkpoint save, replicated state | {machine}, '
-          f'{jax.device_count()} {jax.devices()[0].platform} devices | {versions} | CIFAR '
-          f'MobileNet v2 1.5x supernet state, {len(leaves)} arrays, {megabytes:.1f} MiB, median of '
-          f'{REPEATS} | device arrays {device_s:.2f} s, host copies {host_s:.2f} s: '
-          f'{device_s / host_s:.1f}x faster | `python bench/bench_checkpoint.py` |')
-  print(line)
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results.md'), 'a') as f:
-    f.write(line + '\n')
-
+  common.append_results([common.row(
+      'checkpoint save, replicated state', f'CIFAR MobileNet v2 1.5x supernet state, '
+      f'{len(leaves)} arrays, {megabytes:.1f} MiB, median of {REPEATS}',
+      f'device arrays {device_s:.2f} s, host copies {host_s:.2f} s: {device_s / host_s:.1f}x '
+      'faster', ('jax', 'orbax.checkpoint', 'numpy'))])
 
 if __name__ == '__main__':
   main()

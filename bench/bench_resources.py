@@ -7,15 +7,14 @@ Needs jax, flax and numpy only.
 """
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import flax  # pylint: disable=wrong-import-position
+import common  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
@@ -36,21 +35,11 @@ def main():
   keys = jax.random.split(jax.random.key(0), args.configs)
   sampled = jax.jit(jax.vmap(space.sample))(keys)
   matrix = np.stack([np.asarray(sampled[n]) for n in space.unit_names], axis=1)
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    resources.batch(matrix)
-    times.append(time.perf_counter() - start)
-  rate = args.configs / float(np.median(times))
-  machine = f'{platform.node()} {platform.machine()} {os.cpu_count()} cores'
-  line = (f'| {datetime.date.today()} | resources, MobileNet v2 1.5x ImageNet | {machine} | '
-          f'jax {jax.__version__}, flax {flax.__version__}, numpy {np.__version__} | '
-          f'{args.configs} configs, median of {args.repeats} | {rate:,.0f} configs/s '
-          f'(layer table set-up {setup_s:.2f}s) | `python bench/bench_resources.py` |')
-  print(line)
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results.md'), 'a') as f:
-    f.write(line + '\n')
-
+  _, times = common.timed(lambda: resources.batch(matrix), args.repeats, warmup=0)
+  rate = args.configs / common.median(times)
+  common.append_results([common.row(
+      'resources, MobileNet v2 1.5x ImageNet', f'{args.configs} configs, median of {args.repeats}',
+      f'{rate:,.0f} configs/s (layer table set-up {setup_s:.2f}s)')])
 
 if __name__ == '__main__':
   main()

@@ -145,3 +145,22 @@ def test_shifted_depthwise_conv_equals_flax_grouped_conv(kernel_size, stride):
   np.testing.assert_array_equal(shifted_vars['params']['kernel'], grouped_vars['params']['kernel'])
   np.testing.assert_allclose(shifted.apply(shifted_vars, x), grouped.apply(grouped_vars, x),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('use_bias', [False, True])
+def test_pointwise_conv_as_dot_equals_flax_conv(stride, use_bias):
+  """The CPU form of the 1x1 conv has the same parameters and the same output."""
+  x = jax.random.normal(jax.random.key(1), (2, 9, 9, 16))
+  dot = layers.PointwiseConvAsDot(24, stride, use_bias=use_bias)
+  conv = nn.Conv(24, (1, 1), strides=stride, padding=((0, 0), (0, 0)), use_bias=use_bias,
+                 kernel_init=layers.CONV_INIT)
+  dot_vars = dot.init(jax.random.key(0), x)
+  conv_vars = conv.init(jax.random.key(0), x)
+  assert jax.tree_util.tree_map(jnp.shape, dot_vars) == jax.tree_util.tree_map(jnp.shape,
+                                                                               conv_vars)
+  np.testing.assert_array_equal(dot_vars['params']['kernel'], conv_vars['params']['kernel'])
+  params = {'params': {**conv_vars['params'], **(
+      {'bias': jnp.linspace(-1, 1, 24)} if use_bias else {})}}
+  np.testing.assert_allclose(jax.jit(dot.apply)(params, x), jax.jit(conv.apply)(params, x),
+                             rtol=1e-5, atol=1e-5)

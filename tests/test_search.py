@@ -74,13 +74,13 @@ def test_chunked_vmapped_scores_equal_one_at_a_time(tiny_network, setting):
   variables, source = setting
   space = tiny_network.channel_space()
   mesh = parallel.make_mesh()
-  scorer = search.make_candidate_scorer(tiny_network.supernet(), mesh)
+  scorer = evaluate.make_candidate_scorer(tiny_network.supernet(), mesh)
   batches = list(input_pipeline.eval_batches(source, 'heldout', 64))  # 2 batches of 64
-  configs = [c for _, c in search.candidates(space, space.max_config())]
+  configs = [c for _, c in space.slimming_candidates(space.max_config())]
   # Some candidates far from the max config too.
   configs += [{**space.min_config(), 'last': 1280}, space.min_config()]
   replicated = parallel.replicate(variables, mesh)
-  by_size = {size: search.score_configs(scorer, replicated, batches, configs, space, size, mesh)
+  by_size = {size: evaluate.score_configs(scorer, replicated, batches, configs, space, size, mesh)
              for size in (1, 4, len(space.units))}
   one = by_size[1]
   assert all(s['count'] == HELDOUT for s in one)

@@ -1,0 +1,222 @@
+r"""Supernet sandwich-step throughput: JAX (masked, max width) against PyTorch (sliced weights).
+
+  python bench/bench_supernet_step.py                      # both networks, CPU-sized batches
+  python bench/bench_supernet_step.py --network=cifar --batch_sizes=256,512,1024   # accelerator
+
+One training step of the paper's supernet (MobileNet v2 1.5x, sandwich of 4: max, min and two
+random configs, inplace distillation, SGD with Nesterov momentum) on synthetic images, for:
+
+- JAX variants (``--variants``): ``fused`` (what the package runs: the members in one vmapped
+  pass, float32, the state donated), ``sequential`` (members one after another), ``bfloat16``
+  (fused, bfloat16 compute, float32 params) and ``no_donation`` (fused, the state copied);
+- ``torch``: the same step in PyTorch slicing weights per width (``bench/torch_slimmable.py``,
+  with PyTorch's default threads), measured in the same invocation, on the same configs, so the
+  JAX/PyTorch ratio comes from one run. Skipped, with a note, where PyTorch is not installed.
+
+Per setting it prints and appends to bench/results.md: compile time (trace + XLA compile, no
+persistent cache), the median step time of ``--repeats`` steps after a warm-up, images/s, and
+utilisation: *useful* MACs (those of the sub-networks actually trained: the configs' MACs) and
+*computed* MACs (JAX computes every member at max width) per second, each counting a training
+step as 3x the forward MACs, against the measured float32 (bfloat16 for that variant) matrix
+product peak of the device (``common.matmul_peak_flops``; 1 MAC = 2 FLOPs).
+
+Needs jax, flax, optax and numpy (PyTorch optional). Uses every local device (data parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import resources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax.models.mobilenet_v2 import LAYOUTS, block_plan  # pylint: disable=g-import-not-at-top
+
+NETWORKS = {'cifar': dict(layout='cifar', width_mult=1.5),
+            'imagenet': dict(layout='imagenet', width_mult=1.5)}
+DEFAULT_BATCH_SIZES = {('cpu', 'cifar'): (32, 64, 128), ('cpu', 'imagenet'): (8, 16),
+                       ('gpu', 'cifar'): (256, 512, 1024), ('gpu', 'imagenet'): (64, 128, 256)}
+VARIANTS = {'fused': dict(fused=True, donate=True, dtype=jnp.float32),
+            'sequential': dict(fused=False, donate=True, dtype=jnp.float32),
+            'bfloat16': dict(fused=True, donate=True, dtype=jnp.bfloat16),
+            'no_donation': dict(fused=True, donate=False, dtype=jnp.float32)}
+NUM_SANDWICH = 4
+SEED = 0
+
+
+def step_config(batch_size: int) -> types.SimpleNamespace:
+  """The fields ``steps`` reads: the CIFAR recipe of configs/cifar10_mbv2.py."""
+  return types.SimpleNamespace(
+      num_sandwich=NUM_SANDWICH, label_smoothing=0.1, optimizer='sgd', momentum=0.9,
+      weight_decay=5e-4, base_learning_rate=0.1, base_batch_size=128, batch_size=batch_size,
+      schedule='cosine', warmup_epochs=0.0)
+
+
+def drawn_configs(space, step: int, device: int = 0) -> list[dict[str, int]]:
+  """The configs ``device`` trains at ``step`` (max, min, random...), as ints."""
+  return [{name: int(v) for name, v in config.items()} for config in
+          steps.sandwich_configs(space, steps.device_key(SEED, jnp.int32(step), device),
+                                 NUM_SANDWICH)]
+
+
+def timed_steps(repeats: int) -> range:
+  """The steps ``common.timed`` times: after the first call and one warm-up."""
+  return range(2, repeats + 2)
+
+
+def synthetic_batch(network, batch_size: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  return {'image': rng.normal(size=(batch_size,) + network.input_shape).astype(np.float32),
+          'label': rng.integers(0, network.num_classes, batch_size).astype(np.int32)}
+
+
+def time_jax_step(network, space, batch_size: int, variant: dict, repeats: int) -> dict:
+  """Compile seconds and per-step seconds of the supernet step."""
+  net = models.create_network('mobilenet_v2', dtype=variant['dtype'], **NETWORKS[network])
+  cfg = step_config(batch_size)
+  schedule = optax.constant_schedule(0.1)
+  mesh = parallel.make_mesh()
+  state = steps.create_train_state(
+      net, jax.random.key(SEED), lambda p: steps.create_optimizer(cfg, net, p, schedule))
+  state = parallel.replicate(state, mesh)
+  batch = parallel.shard_batch(synthetic_batch(net, batch_size), mesh)
+  step = steps.make_train_step(net, space, cfg, SEED, mesh, schedule, fused=variant['fused'],
+                               donate=variant['donate'])
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  holder = {'state': state}
+
+  def one_step():
+    holder['state'], metrics = compiled(holder['state'], batch)
+    jax.block_until_ready(metrics)
+    if not float(metrics['finite']):
+      raise FloatingPointError('the benchmark step diverged')
+
+  _, times = common.timed(one_step, repeats)
+  return {'compile_s': compile_s, 'step_s': common.median(times)}
+
+
+def time_torch_step(network, space, batch_size: int, repeats: int) -> dict:
+  """Per-step seconds of the PyTorch slicing implementation on the configs JAX trained."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_slimmable  # pylint: disable=g-import-not-at-top
+  layout = NETWORKS[network]['layout']
+  net = models.create_network('mobilenet_v2', **NETWORKS[network])
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  torch.manual_seed(SEED)
+  model = torch_slimmable.SlicedMobileNetV2(
+      net.max_widths, block_plan(layout), LAYOUTS[layout][0],
+      net.num_classes).to(device)
+  optimizer = torch.optim.SGD(model.parameter_groups(5e-4), lr=0.1, momentum=0.9,
+                              nesterov=True)
+  batch = synthetic_batch(net, batch_size)
+  images = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous().to(device)
+  labels = torch.from_numpy(batch['label']).long().to(device)
+  configs = [drawn_configs(space, step) for step in range(repeats + 2)]
+  counter = iter(range(len(configs)))
+
+  def one_step():
+    torch_slimmable.sandwich_step(model, optimizer, images, labels, configs[next(counter)], 0.1)
+
+  _, times = common.timed(one_step, repeats)
+  return {'step_s': common.median(times), 'version': torch.__version__, 'device': device,
+          'threads': torch.get_num_threads()}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--network', choices=('cifar', 'imagenet', 'both'), default='both')
+  parser.add_argument('--batch_sizes', default='',
+                      help='comma-separated global batch sizes (default: per network and device)')
+  parser.add_argument('--variants', default=','.join(VARIANTS),
+                      help=f'JAX variants, of {list(VARIANTS)}; variants other than fused run '
+                      'at the middle batch size only')
+  parser.add_argument('--torch', default='auto', choices=('auto', 'yes', 'no'),
+                      help='also time the PyTorch slicing step (auto: if torch imports)')
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  variants = [v for v in args.variants.split(',') if v]
+  unknown = sorted(set(variants) - set(VARIANTS))
+  if unknown:
+    parser.error(f'unknown --variants {unknown}; valid: {list(VARIANTS)}')
+  use_torch = args.torch == 'yes'
+  if args.torch == 'auto':
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      use_torch = bool(torch.__version__)
+    except ImportError:
+      print('PyTorch is not installed: the PyTorch comparison is skipped (pip install torch)')
+
+  platform = 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
+  peaks = {jnp.float32: common.matmul_peak_flops('float32'),
+           jnp.bfloat16: common.matmul_peak_flops('bfloat16')}
+  print(f'{common.machine()}; matrix product peak: float32 {peaks[jnp.float32] / 1e9:.1f} '
+        f'GFLOP/s, bfloat16 {peaks[jnp.bfloat16] / 1e9:.1f} GFLOP/s', flush=True)
+  networks = ('cifar', 'imagenet') if args.network == 'both' else (args.network,)
+  rows = []
+  for network in networks:
+    net = models.create_network('mobilenet_v2', **NETWORKS[network])
+    space = net.channel_space()
+    resource_model = resources.ResourceModel(net)
+    max_macs = resource_model(space.max_config())['macs']
+    sizes = ([int(b) for b in args.batch_sizes.split(',')] if args.batch_sizes
+             else DEFAULT_BATCH_SIZES[(platform, network)])
+    name = (f'{"CIFAR" if network == "cifar" else "ImageNet"} MobileNet v2 1.5x '
+            f'({net.input_shape[0]}px, {max_macs / 1e6:.0f}M MACs at max)')
+    for batch_size in sizes:
+      middle = batch_size == sizes[len(sizes) // 2]
+      results = {}
+      for variant in variants:
+        if variant != 'fused' and not middle:
+          continue
+        results[variant] = time_jax_step(network, space, batch_size, VARIANTS[variant],
+                                         args.repeats)
+        print(f'{network} batch {batch_size} {variant}: {results[variant]}', flush=True)
+      useful = np.mean([sum(resource_model(c)['macs'] for c in drawn_configs(space, s, d))
+                        for s in timed_steps(args.repeats) for d in range(jax.device_count())])
+      computed = NUM_SANDWICH * max_macs
+      for variant, result in results.items():
+        per_second = batch_size / result['step_s']
+        peak = peaks[VARIANTS[variant]['dtype']]
+        useful_rate = 3 * useful * per_second
+        computed_rate = 3 * computed * per_second
+        rows.append(common.row(
+            f'supernet sandwich step, JAX {variant}', f'{name}, batch {batch_size}, sandwich '
+            f'{NUM_SANDWICH}, median of {args.repeats}',
+            f'{per_second:,.1f} images/s ({result["step_s"] * 1e3:,.0f} ms/step; compile '
+            f'{result["compile_s"]:.1f} s); useful {useful_rate / 1e9:,.1f} GMAC/s '
+            f'({200 * useful_rate / peak:.1f}% of peak), computed {computed_rate / 1e9:,.1f} '
+            f'GMAC/s ({200 * computed_rate / peak:.1f}%)', ('jax', 'flax', 'optax', 'numpy')))
+      if use_torch and 'fused' in results:
+        torch_result = time_torch_step(network, space, batch_size, args.repeats)
+        print(f'{network} batch {batch_size} torch: {torch_result}', flush=True)
+        per_second = batch_size / torch_result['step_s']
+        useful_rate = 3 * useful * per_second
+        ratio = torch_result['step_s'] / results['fused']['step_s']
+        rows.append(common.row(
+            'supernet sandwich step, PyTorch slicing', f'{name}, batch {batch_size}, sandwich '
+            f'{NUM_SANDWICH}, median of {args.repeats}, torch {torch_result["version"]} on '
+            f'{torch_result["device"]}, {torch_result["threads"]} threads',
+            f'{per_second:,.1f} images/s ({torch_result["step_s"] * 1e3:,.0f} ms/step); useful '
+            f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peaks[jnp.float32]:.1f}% of '
+            f'peak); JAX fused / PyTorch throughput: {ratio:.2f}x',
+            ('jax', 'flax', 'optax', 'numpy', 'torch')))
+  common.append_results(rows)
+
+
+if __name__ == '__main__':
+  main()
