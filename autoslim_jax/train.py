@@ -115,7 +115,7 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
 
   return fit('supernet', cfg, config, workdir, network, network.supernet(),
              lambda schedule: steps.make_train_step(network, space, cfg, config.seed, mesh,
-                                                    schedule),
+                                                    schedule, fused=cfg.fused_sandwich),
              source, evaluate_max_and_min, stop_after_step, restore_only)
 
 

@@ -23,6 +23,17 @@ from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-imp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+_BACKEND_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kwargs: _BACKEND_COMPILES.append(event)
+    if event == '/jax/core/compile/backend_compile_duration' else None)
+
+
+def backend_compiles() -> int:
+  """XLA compilations in this process so far (a program found in the persistent compilation
+  cache does not count): tests compare it before and after to prove nothing compiled."""
+  return len(_BACKEND_COMPILES)
+
 
 def command_env():
   """The environment of the commands tests run: CPU, and the tests' compilation cache."""

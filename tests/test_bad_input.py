@@ -4,7 +4,6 @@ raised before JAX compiles anything (a mistake must not cost a supernet's compil
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -13,12 +12,7 @@ from autoslim_jax import defaults
 from autoslim_jax import models
 from autoslim_jax import pipeline
 from autoslim_jax import published
-
-_COMPILES = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **kwargs: _COMPILES.append(event)
-    if event == '/jax/core/compile/backend_compile_duration' else None)
-
+from conftest import backend_compiles
 
 def _config():
   """A valid small run on the embedded digits (as the quickstart)."""
@@ -34,10 +28,10 @@ def _config():
 
 
 def _refused(config, workdir, match, **kwargs):
-  before = len(_COMPILES)
+  before = backend_compiles()
   with pytest.raises(ValueError, match=match):
     pipeline.run(config, str(workdir), **kwargs)
-  assert len(_COMPILES) == before, 'compiled before refusing'
+  assert backend_compiles() == before, 'compiled before refusing'
 
 
 def _set(config, key, value):

@@ -132,7 +132,7 @@ def test_unknown_model_and_layout_are_named():
     models.create_network('mobilenet_v2', layout='cifar10')
 
 
-@pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (5, 2), (5, 1)])
 def test_shifted_depthwise_conv_equals_flax_grouped_conv(kernel_size, stride):
   """The CPU form of the depthwise conv has the same parameters and the same output."""
   x = jax.random.normal(jax.random.key(1), (2, 9, 9, 16))
@@ -145,6 +145,12 @@ def test_shifted_depthwise_conv_equals_flax_grouped_conv(kernel_size, stride):
   np.testing.assert_array_equal(shifted_vars['params']['kernel'], grouped_vars['params']['kernel'])
   np.testing.assert_allclose(shifted.apply(shifted_vars, x), grouped.apply(grouped_vars, x),
                              rtol=1e-5, atol=1e-5)
+  # The hand-written gradient (both inputs) equals the automatic one of the grouped conv.
+  weights = jax.random.normal(jax.random.key(2), grouped.apply(grouped_vars, x).shape)
+  grads = [jax.jit(jax.grad(lambda v, x, m=m: jnp.sum(m.apply(v, x) * weights), (0, 1)))(
+      grouped_vars, x) for m in (shifted, grouped)]
+  for got, want in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('stride', [1, 2])

@@ -12,6 +12,7 @@ from autoslim_jax import defaults
 from autoslim_jax import models
 from autoslim_jax import parallel
 from autoslim_jax import steps
+from conftest import backend_compiles
 
 
 def _supernet_config(num_sandwich=3):
@@ -80,6 +81,19 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_network):
                        jax.tree_util.tree_leaves(expected.batch_stats)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
   assert int(new_state.step) == 1
+
+  # Later steps train other configs on every device with the same compiled program.
+  sharded = parallel.shard_batch(batch, mesh)
+  before = backend_compiles()
+  for _ in range(3):
+    new_state, metrics = step(new_state, sharded)
+  jax.block_until_ready(metrics)
+  draw = lambda at_step, device: tuple(int(v) for c in steps.sandwich_configs(
+      space, steps.device_key(3, at_step, device), 3) for v in c.values())
+  draws = {draw(at_step, device) for at_step in range(4) for device in range(8)}
+  assert len(draws) == 4 * 8
+  assert backend_compiles() == before
+  assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_fused_sandwich_equals_members_one_after_another():
