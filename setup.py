@@ -30,7 +30,12 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # pytest-xdist: the README's test command runs the suite on 2 processes (one per core).
-    'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'chex==0.1.92', 'hypothesis==6.155.2'],
+    # torch: tests/test_bench.py checks that the benchmark's PyTorch network is the JAX one.
+    'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'chex==0.1.92', 'hypothesis==6.155.2',
+             'torch==2.13.0'],
+    # The PyTorch comparison of bench/bench_supernet_step.py (2.13.0: the CPU build verified
+    # here; on a GPU install the CUDA build of your choice).
+    'bench': ['torch==2.13.0'],
     'tpu': ['jax[tpu]==0.10.2'],
     'gpu': ['jax[cuda12]==0.10.2'],
 }

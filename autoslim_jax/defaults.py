@@ -54,9 +54,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.supernet.warmup_epochs = 0.0
   config.supernet.weight_decay = 1e-4  # not on depthwise kernels, BatchNorm or biases
   config.supernet.compute_dtype = 'float32'  # float32 | bfloat16 (params stay float32)
-  # The sandwich's members in one vmapped pass (True) or one after another: fused compiles 2.2x
-  # faster; its steps were ~1.1-1.2x slower on a 2-core CPU (bench/results.md). Measure yours:
-  # python bench/bench_supernet_step.py --variants=fused,sequential
+  # The sandwich's members in one vmapped pass (True) or one after another: fused compiled
+  # 2.5-2.7x faster and stepped 1.17-1.27x slower on a 2-core CPU (bench/results.md). Measure
+  # on your accelerator: python bench/bench_supernet_step.py --variants=fused,sequential
   config.supernet.fused_sandwich = True
   config.supernet.log_every_steps = 100
   config.supernet.eval_every_steps = 5000  # held-out accuracy of max and min; 0 = at the end

@@ -1,4 +1,4 @@
-r"""Greedy-search throughput: candidate evaluations per second, vmapped chunks against one at a time.
+r"""Greedy-search throughput: candidate evaluations per second, vmapped chunks vs one at a time.
 
   python bench/bench_search.py                                   # CPU-sized held-out split
   python bench/bench_search.py --images=5000 --batch_size=1000   # the CIFAR config's search
@@ -46,16 +46,16 @@ def heldout_batches(network, images: int, batch_size: int) -> list[dict[str, np.
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--images', type=int, default=0,
-                      help='held-out images (default: 128 on CPU, 5000 on an accelerator)')
+                      help='held-out images (default: 64 on CPU, 5000 on an accelerator)')
   parser.add_argument('--batch_size', type=int, default=0,
-                      help='BatchNorm batch (default: 128 on CPU, 1000 on an accelerator)')
+                      help='BatchNorm batch (default: 64 on CPU, 1000 on an accelerator)')
   parser.add_argument('--chunk_sizes', default=DEFAULT_CHUNK_SIZES,
                       help='comma-separated candidates per call; 0 = all')
-  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
   on_cpu = jax.default_backend() == 'cpu'
-  images = args.images or (128 if on_cpu else 5000)
-  batch_size = args.batch_size or (128 if on_cpu else 1000)
+  images = args.images or (64 if on_cpu else 5000)
+  batch_size = args.batch_size or (64 if on_cpu else 1000)
   if images % batch_size or batch_size % jax.device_count():
     parser.error(f'--images {images} must be a multiple of --batch_size {batch_size}, and that '
                  f'of the {jax.device_count()} devices')

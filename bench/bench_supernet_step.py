@@ -26,6 +26,7 @@ Needs jax, flax, optax and numpy (PyTorch optional). Uses every local device (da
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -43,11 +44,13 @@ from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-imp
 from autoslim_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import resources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
-from autoslim_jax.models.mobilenet_v2 import LAYOUTS, block_plan  # pylint: disable=g-import-not-at-top
+from autoslim_jax.models.mobilenet_v2 import LAYOUTS, block_plan  # pylint: disable=g-import-not-at-top,line-too-long
 
 NETWORKS = {'cifar': dict(layout='cifar', width_mult=1.5),
             'imagenet': dict(layout='imagenet', width_mult=1.5)}
-DEFAULT_BATCH_SIZES = {('cpu', 'cifar'): (32, 64, 128), ('cpu', 'imagenet'): (8, 16),
+# On the 24 GiB CPU VM the fused step runs out of memory at CIFAR batch 128 (the activations of
+# 4 x 128 max-width passes, ~32 GB) and ImageNet batch 8.
+DEFAULT_BATCH_SIZES = {('cpu', 'cifar'): (32, 64), ('cpu', 'imagenet'): (2, 4),
                        ('gpu', 'cifar'): (256, 512, 1024), ('gpu', 'imagenet'): (64, 128, 256)}
 VARIANTS = {'fused': dict(fused=True, donate=True, dtype=jnp.float32),
             'sequential': dict(fused=False, donate=True, dtype=jnp.float32),
@@ -110,17 +113,48 @@ def time_jax_step(network, space, batch_size: int, variant: dict, repeats: int) 
   return {'compile_s': compile_s, 'step_s': common.median(times)}
 
 
+def torch_model(net, layout: str, device: str):
+  """The PyTorch slicing twin of ``net`` (a ``mobilenet_v2`` Network of ``layout``), with
+  ``net``'s initial weights (``net.init`` at ``SEED``)."""
+  import torch_slimmable  # pylint: disable=g-import-not-at-top
+  model = torch_slimmable.SlicedMobileNetV2(net.max_widths, block_plan(layout),
+                                            LAYOUTS[layout][0], net.num_classes)
+  torch_slimmable.load_flax_params(model, jax.device_get(net.init(jax.random.key(SEED)))[
+      'params'])
+  return model.to(device)
+
+
+def torch_logits_match(net, model, configs, device: str, images: int = 8) -> float:
+  """Largest logit difference, relative to the largest logit, between ``model`` and the masked
+  JAX network over ``configs`` (BatchNorm on batch statistics, as in training): the two
+  implementations compute the same network."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from autoslim_jax import evaluate  # pylint: disable=g-import-not-at-top
+  variables = net.init(jax.random.key(SEED))
+  batch = synthetic_batch(net, images)
+  logits = jax.jit(functools.partial(evaluate.logits_with_batch_stats, net.supernet()))
+  worst = 0.0
+  for config in configs:
+    want = np.asarray(logits(variables, batch['image'], net.channel_space().as_arrays(config)))
+    with torch.no_grad():
+      got = model(torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous().to(device),
+                  config).cpu().numpy()
+    worst = max(worst, float(np.max(np.abs(got - want)) / np.max(np.abs(want))))
+  return worst
+
+
 def time_torch_step(network, space, batch_size: int, repeats: int) -> dict:
-  """Per-step seconds of the PyTorch slicing implementation on the configs JAX trained."""
+  """Per-step seconds of the PyTorch slicing implementation on the configs JAX trained, after
+  checking that it computes the JAX network's logits."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch_slimmable  # pylint: disable=g-import-not-at-top
-  layout = NETWORKS[network]['layout']
   net = models.create_network('mobilenet_v2', **NETWORKS[network])
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  torch.manual_seed(SEED)
-  model = torch_slimmable.SlicedMobileNetV2(
-      net.max_widths, block_plan(layout), LAYOUTS[layout][0],
-      net.num_classes).to(device)
+  model = torch_model(net, NETWORKS[network]['layout'], device)
+  difference = torch_logits_match(net, model, drawn_configs(space, 0), device)
+  if difference > 1e-3:
+    raise AssertionError(f'the PyTorch network differs from the JAX one: logits {difference:.2g}'
+                         ' apart (relative)')
   optimizer = torch.optim.SGD(model.parameter_groups(5e-4), lr=0.1, momentum=0.9,
                               nesterov=True)
   batch = synthetic_batch(net, batch_size)
@@ -130,11 +164,12 @@ def time_torch_step(network, space, batch_size: int, repeats: int) -> dict:
   counter = iter(range(len(configs)))
 
   def one_step():
+    # Returns the loss as a Python float: waits for the device.
     torch_slimmable.sandwich_step(model, optimizer, images, labels, configs[next(counter)], 0.1)
 
   _, times = common.timed(one_step, repeats)
   return {'step_s': common.median(times), 'version': torch.__version__, 'device': device,
-          'threads': torch.get_num_threads()}
+          'threads': torch.get_num_threads(), 'logit_difference': difference}
 
 
 def main() -> None:
@@ -167,7 +202,6 @@ def main() -> None:
   print(f'{common.machine()}; matrix product peak: float32 {peaks[jnp.float32] / 1e9:.1f} '
         f'GFLOP/s, bfloat16 {peaks[jnp.bfloat16] / 1e9:.1f} GFLOP/s', flush=True)
   networks = ('cifar', 'imagenet') if args.network == 'both' else (args.network,)
-  rows = []
   for network in networks:
     net = models.create_network('mobilenet_v2', **NETWORKS[network])
     space = net.channel_space()
@@ -179,12 +213,22 @@ def main() -> None:
             f'({net.input_shape[0]}px, {max_macs / 1e6:.0f}M MACs at max)')
     for batch_size in sizes:
       middle = batch_size == sizes[len(sizes) // 2]
-      results = {}
+      results, rows = {}, []
       for variant in variants:
         if variant != 'fused' and not middle:
           continue
-        results[variant] = time_jax_step(network, space, batch_size, VARIANTS[variant],
-                                         args.repeats)
+        try:
+          results[variant] = time_jax_step(network, space, batch_size, VARIANTS[variant],
+                                           args.repeats)
+        except jax.errors.JaxRuntimeError as e:
+          if 'RESOURCE_EXHAUSTED' not in str(e):
+            raise
+          print(f'{network} batch {batch_size} {variant}: out of memory', flush=True)
+          rows.append(common.row(f'supernet sandwich step, JAX {variant}',
+                                 f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}',
+                                 f'out of device memory ({str(e).splitlines()[0][:120]})',
+                                 ('jax', 'flax', 'optax', 'numpy')))
+          continue
         print(f'{network} batch {batch_size} {variant}: {results[variant]}', flush=True)
       useful = np.mean([sum(resource_model(c)['macs'] for c in drawn_configs(space, s, d))
                         for s in timed_steps(args.repeats) for d in range(jax.device_count())])
@@ -215,7 +259,7 @@ def main() -> None:
             f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peaks[jnp.float32]:.1f}% of '
             f'peak); JAX fused / PyTorch throughput: {ratio:.2f}x',
             ('jax', 'flax', 'optax', 'numpy', 'torch')))
-  common.append_results(rows)
+      common.append_results(rows)  # after every batch size: a later failure loses nothing
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,6 +108,27 @@ class SlicedMobileNetV2(nn.Module):
     plain.append(self.classifier_bias)
     return [{'params': decayed, 'weight_decay': weight_decay},
             {'params': plain, 'weight_decay': 0.0}]
+
+
+def load_flax_params(model: SlicedMobileNetV2, params: Mapping) -> None:
+  """Copies the JAX supernet's ``params`` (``models.mobilenet_v2``'s tree) into ``model``."""
+  def copy_conv(layer: SlicedConvBN, tree: Mapping) -> None:
+    # Flax kernels are HWIO (depthwise: H, W, 1, C); PyTorch's OIHW (depthwise: C, 1, H, W).
+    layer.weight.data.copy_(torch.from_numpy(np.array(tree['conv']['kernel'])).permute(
+        3, 2, 0, 1))
+    layer.bn_weight.data.copy_(torch.from_numpy(np.array(tree['bn']['scale'])))
+    layer.bn_bias.data.copy_(torch.from_numpy(np.array(tree['bn']['bias'])))
+
+  copy_conv(model.stem, params['stem'])
+  for index, layers in enumerate(model.blocks):
+    names = ['expand', 'depthwise', 'project'][-len(layers):]
+    for layer, name in zip(layers, names):
+      copy_conv(layer, params[f'block{index}'][name])
+  copy_conv(model.last, params['last'])
+  model.classifier_weight.data.copy_(
+      torch.from_numpy(np.array(params['classifier']['dense']['kernel'])).T)
+  model.classifier_bias.data.copy_(
+      torch.from_numpy(np.array(params['classifier']['dense']['bias'])))
 
 
 def sandwich_step(model: SlicedMobileNetV2, optimizer: torch.optim.Optimizer,

@@ -17,6 +17,7 @@ from autoslim_jax import parallel
 from autoslim_jax import resources
 from autoslim_jax import retrain
 from autoslim_jax import search
+from conftest import backend_compiles
 
 # Blocks with a residual connection: with their projection zeroed, their expansion width cannot
 # change the network's output, so the greedy search must slim those units first.
@@ -89,6 +90,12 @@ def test_chunked_vmapped_scores_equal_one_at_a_time(tiny_network, setting):
     np.testing.assert_allclose([s['loss'] for s in scores], [s['loss'] for s in one], rtol=1e-6)
     assert search.best_candidate(scores, 'accuracy') == search.best_candidate(one, 'accuracy')
   assert scorer._cache_size() == 3  # pylint: disable=protected-access  # one per chunk size
+  # A later greedy step's candidates (other configs, fewer of them) reuse the compiled scorer.
+  before = backend_compiles()
+  later = [c for _, c in space.slimming_candidates(configs[-3])]
+  evaluate.score_configs(scorer, replicated, batches, later, space, 4, mesh)
+  assert backend_compiles() == before
+  assert scorer._cache_size() == 3  # pylint: disable=protected-access
 
 
 def _search(network, variables, source, workdir, **kwargs):

@@ -1,0 +1,29 @@
+"""The benchmarks' comparison is fair: the PyTorch slicing implementation computes the same
+network as the masked JAX supernet (same weights, same logits at any config)."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+
+torch = pytest.importorskip('torch')
+sys.path.insert(0, os.path.join(REPO, 'bench'))
+import bench_supernet_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_torch_slicing_network_computes_the_masked_jax_network():
+  network = models.create_network('mobilenet_v2', layout='cifar', width_mult=0.5, image_size=8)
+  space = network.channel_space()
+  model = bench_supernet_step.torch_model(network, 'cifar', 'cpu')
+  configs = bench_supernet_step.drawn_configs(space, 0) + [space.min_config()]
+  assert bench_supernet_step.torch_logits_match(network, model, configs, 'cpu') < 1e-3
+  # A wrong width in PyTorch (the last unit one group narrower) is caught.
+  wrong = dict(configs[0], last=space['last'].choices[-2])
+  assert model(torch.zeros(2, 3, 8, 8), wrong).shape == (2, 10)
+  original = model.forward
+  model.forward = lambda x, config, update_stats=False: original(x, wrong, update_stats)
+  assert bench_supernet_step.torch_logits_match(network, model, configs[:1], 'cpu') > 0.1
