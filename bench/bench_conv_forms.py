@@ -5,8 +5,9 @@ against ``nn.Conv``.
 
   python bench/bench_conv_forms.py
 
-Needs jax, flax and numpy only. Prints the machine, versions and the median of repeated runs
-after a warm-up (compile excluded) and appends a line per shape to bench/results.md. (The
+Needs jax, flax and numpy only. Prints the machine, versions, the median of repeated runs after
+a warm-up and, apart, the seconds of the first calls (compilation), and appends a line per shape
+to bench/results.md. (The
 depthwise rows recorded before 2026-11-24's pointwise rows came from this script under its
 earlier name, bench/bench_depthwise.py.)
 """
@@ -35,14 +36,20 @@ POINTWISE_SHAPES = ((128, 32, 32, 24, 144), (128, 32, 32, 144, 24), (128, 8, 8, 
 REPEATS = 5
 
 
-def forward_and_backward_ms(module, variables, x) -> tuple[float, float]:
+def forward_and_backward_ms(module, variables, x) -> tuple[float, float, float]:
+  """Median ms of the forward and of forward+backward, and the seconds of their first calls
+  (compilation included)."""
   forward = jax.jit(module.apply)
   backward = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
-  return tuple(common.median(common.timed(lambda f=f: jax.block_until_ready(f(variables, x)),
-                                          REPEATS)[1]) * 1e3 for f in (forward, backward))
+  medians, first_calls = [], 0.0
+  for fn in (forward, backward):
+    first, times = common.timed(lambda f=fn: jax.block_until_ready(f(variables, x)), REPEATS)
+    medians.append(common.median(times) * 1e3)
+    first_calls += first
+  return medians[0], medians[1], first_calls
 
 
-def compare(native, cpu_form, x) -> tuple[float, float, float, float]:
+def compare(native, cpu_form, x) -> tuple[float, ...]:
   variables = native.init(jax.random.key(0), x[:1])
   return (forward_and_backward_ms(native, variables, x) +
           forward_and_backward_ms(cpu_form, variables, x))
@@ -69,9 +76,10 @@ def main() -> None:
       common.row(benchmark, f'{shape}, median of {REPEATS} after warm-up',
                  f'{native} {native_fwd:.1f} / {native_bwd:.1f} ms, {form} {form_fwd:.1f} / '
                  f'{form_bwd:.1f} ms (fwd / fwd+bwd): {native_fwd / form_fwd:.1f}x / '
-                 f'{native_bwd / form_bwd:.1f}x faster')
-      for benchmark, native, form, shape, native_fwd, native_bwd, form_fwd, form_bwd in rows])
-
+                 f'{native_bwd / form_bwd:.1f}x faster; first calls (compile) {native_first:.1f} '
+                 f's / {form_first:.1f} s')
+      for (benchmark, native, form, shape, native_fwd, native_bwd, native_first, form_fwd,
+           form_bwd, form_first) in rows])
 
 if __name__ == '__main__':
   main()
