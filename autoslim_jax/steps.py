@@ -120,7 +120,8 @@ def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
   ``fused`` runs all members in one pass, vmapped over their configs (the shared weights are
   not batched, so XLA folds the members into the batch of every conv): one network to compile
   instead of one per member, and larger matrix products. ``fused=False`` applies the members
-  one after another (the same sums; kept for the benchmark's before/after).
+  one after another (the same sums; ``supernet.fused_sandwich``: on a 2-core CPU it steps
+  faster but compiles slower, bench/results.md).
   """
   variables = {'params': params, 'batch_stats': batch_stats}
   apply = lambda config: module.apply(variables, images, config, train=True,
