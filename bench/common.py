@@ -17,6 +17,7 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 RESULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results.md')
 
@@ -69,7 +70,6 @@ def median(times: Sequence[float]) -> float:
 def matmul_peak_flops(dtype='float32', size: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of a large square matrix product on the default device: the attainable peak the
   utilisation figures are quoted against (a CPU has no single datasheet number)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jnp.ones((size, size), dtype)
   product = jax.jit(lambda x: x @ x)
   _, times = timed(lambda: jax.block_until_ready(product(a)), repeats)

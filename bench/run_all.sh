@@ -5,7 +5,8 @@
 #
 # Needs jax, flax, optax and numpy (orbax-checkpoint for the checkpoint benchmark); PyTorch, if
 # installed, adds the slicing comparison. Batch sizes and held-out sizes default per platform
-# (see each script's --help). On the 2-core CPU VM the whole run takes about 25 minutes.
+# (see each script's --help). On the 2-core CPU VM the whole run takes about 25 minutes
+# (the sum of the parts recorded in bench/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python bench/bench_conv_forms.py
