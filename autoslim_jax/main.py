@@ -1,6 +1,11 @@
 r"""Runs the AutoSlim pipeline for a config.
 
   python -m autoslim_jax.main --config=configs/quickstart.py --workdir=/tmp/autoslim_quick
+
+On several hosts (a TPU pod slice, a GPU cluster) run the same command on every host with
+``--distributed``: JAX finds the other processes on Cloud TPU, SLURM and Open MPI; elsewhere give
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` too. The workdir must be
+one folder every host sees (a gs:// bucket, NFS).
 """
 
 import logging as std_logging
@@ -9,8 +14,10 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from autoslim_jax import parallel
 from autoslim_jax import pipeline
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, results, exports.')
@@ -18,6 +25,13 @@ _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'If --workdir holds the outputs of a different config, delete them and '
     'start again (without it such a workdir is refused). A rerun of the same config always '
     'resumes.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'One process per host: call jax.distributed.initialize() first.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT of process 0 (implies --distributed; needed where '
+    'JAX cannot find it itself).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -29,10 +43,26 @@ class _QuietLibraries:
     return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def start_processes() -> None:
+  """Joins the other processes of a multi-host run; logs each process's share of the devices.
+  Only process 0 logs progress after this (the others log warnings and errors)."""
+  if _COORDINATOR.value is not None:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  if jax.process_count() > 1:
+    logging.info('process %d of %d: %d of %d devices (%s), data shards %s', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].platform, parallel.local_shards())
+    if not parallel.is_main_process():
+      logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  start_processes()
   for handler in std_logging.getLogger().handlers + [logging.get_absl_handler()]:
     handler.addFilter(_QuietLibraries())
   try:

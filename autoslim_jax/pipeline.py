@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Any, Mapping
 
@@ -25,6 +24,7 @@ from flax import traverse_util
 from autoslim_jax import defaults
 from autoslim_jax import evaluate
 from autoslim_jax import export
+from autoslim_jax import files
 from autoslim_jax import input_pipeline
 from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
@@ -132,7 +132,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   # Stage 3: retraining from scratch (restored when only the export is asked for).
   retrain_dir = os.path.join(workdir, 'retrain')
   retrained = None
-  if 'retrain' in stages or os.path.isdir(retrain_dir):
+  if 'retrain' in stages or files.is_dir(retrain_dir):
     retrained = retrain.run_retrain(config, retrain_dir, network, searched, source,
                                     restore_only='retrain' not in stages)
   if retrained is None and config.retrain.published:
@@ -143,10 +143,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
 
   # Stage 4: calibrate, test, export, report.
   results_path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.exists(results_path):
+  if files.exists(results_path):
     logging.info('stage export: complete (%s)', results_path)
-    with open(results_path) as f:
-      results = json.load(f)
+    results = files.read_json(results_path)
   else:
     results = export_and_report(config, workdir, network, space, supernet_variables, searched,
                                 retrained, source)
@@ -182,9 +181,8 @@ def claim_workdir(config, workdir: str, overwrite: bool) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   text = config.to_json_best_effort(indent=1)
   current = traverse_util.flatten_dict(json.loads(text), sep='.')
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = traverse_util.flatten_dict(json.load(f), sep='.')
+  if files.exists(path):
+    saved = traverse_util.flatten_dict(files.read_json(path), sep='.')
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RERUN_KEYS and saved.get(k) != current.get(k))
     if changed and not overwrite:
@@ -196,14 +194,13 @@ def claim_workdir(config, workdir: str, overwrite: bool) -> None:
     if changed:
       logging.warning('--overwrite: deleting the outputs in %s of another config (%s)',
                       workdir, ', '.join(changed))
-      for name in os.listdir(workdir):
-        target = os.path.join(workdir, name)
-        if os.path.isdir(target):
-          shutil.rmtree(target)
-        else:
-          os.remove(target)
-  if jax.process_index() == 0:
-    export.write_atomic(path, text.encode())
+      files.empty_folder(workdir)
+  files.write_atomic(path, text.encode())
+  parallel.sync('claim_workdir')
+  if not files.exists(path):
+    raise ValueError(f'process {jax.process_index()} cannot see {path}, which process 0 has just '
+                     f'written: every process of a multi-host run needs the same workdir (a gs:// '
+                     f'bucket or a shared file system), not a local folder of its own host')
 
 
 
@@ -228,8 +225,14 @@ def supernet_and_search(config, workdir: str, network, training_network, space, 
     cfg = config.search
     with latency_lib.LatencyMeter(network.name, config.model_kwargs.to_dict(),
                                   cfg.latency_warmup, cfg.latency_repeats) as meter:
+      def measure_latency(channels):
+        # Hosts time differently: all use the main process's measurement (the others would
+        # otherwise take different greedy steps and part ways).
+        milliseconds = meter.measure(channels) if parallel.is_main_process() else 0.0
+        return parallel.broadcast_from_main(milliseconds)
+
       summary = search.run_search(config, search_dir, network, space, supernet_variables, source,
-                                  latency_fn=meter.measure)
+                                  latency_fn=measure_latency)
   else:
     logging.info('stage search: complete (%d steps, %d targets)', summary['steps'],
                  len(summary['targets']))
@@ -344,9 +347,9 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
     results['search_trajectory'] = None
   plots.plot_accuracy_vs_macs(results, os.path.join(plot_dir, 'accuracy_vs_macs.png'))
   plots.plot_all_channels(results, plot_dir)
-  export.write_atomic(os.path.join(workdir, 'results.md'), plots.results_table(results).encode())
+  files.write_atomic(os.path.join(workdir, 'results.md'), plots.results_table(results).encode())
   # Written last: its presence marks the export stage complete.
-  export.write_atomic(os.path.join(workdir, RESULTS_FILE), json.dumps(results, indent=1).encode())
+  files.write_atomic(os.path.join(workdir, RESULTS_FILE), json.dumps(results, indent=1).encode())
   return results
 
 
@@ -355,6 +358,8 @@ def _format_accuracy(value):
 
 
 def print_results(results: Mapping[str, Any], workdir: str) -> None:
+  if not parallel.is_main_process():
+    return
   print()
   print(plots.results_table(results))
   print(f'results: {os.path.join(workdir, RESULTS_FILE)}, {os.path.join(workdir, "results.md")}; '

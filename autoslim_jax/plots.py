@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from autoslim_jax import export  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DPI = 120
 
@@ -35,13 +35,10 @@ def _percent(value: float | None) -> float | None:
 def _save(fig, path: str | os.PathLike) -> str:
   """Writes ``fig`` as a PNG at ``path`` (creating its folder) and frees it."""
   path = os.fspath(path)
-  folder = os.path.dirname(path)
-  if folder:
-    os.makedirs(folder, exist_ok=True)
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, dpi=_DPI, format='png')
-  export.write_atomic(path, buffer.getvalue())  # a crash never leaves half a PNG
+  files.write_atomic(path, buffer.getvalue())  # a crash never leaves half a PNG
   # pyplot keeps every figure alive until closed: plotting many targets would leak memory.
   plt.close(fig)
   return path

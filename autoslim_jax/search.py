@@ -27,7 +27,7 @@ from absl import logging
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import evaluate
-from autoslim_jax import export
+from autoslim_jax import files
 from autoslim_jax import input_pipeline
 from autoslim_jax import parallel
 from autoslim_jax import plots
@@ -117,16 +117,15 @@ def first_under(trajectory: Sequence[Mapping[str, Any]], target: Target) -> int 
 
 def read_trajectory(directory: str) -> list[dict[str, Any]]:
   path = os.path.join(directory, TRAJECTORY_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def write_trajectory(directory: str, trajectory: Sequence[Mapping[str, Any]]) -> None:
   """The whole file, atomically: a crash leaves either the old or the new trajectory."""
   text = ''.join(json.dumps(step) + '\n' for step in trajectory)
-  export.write_atomic(os.path.join(directory, TRAJECTORY_FILE), text.encode())
+  files.write_atomic(os.path.join(directory, TRAJECTORY_FILE), text.encode())
 
 
 def search_settings(config: ml_collections.ConfigDict, targets: Sequence[Target]) -> dict:
@@ -140,16 +139,15 @@ def search_settings(config: ml_collections.ConfigDict, targets: Sequence[Target]
 
 def check_settings(directory: str, settings: Mapping[str, Any]) -> None:
   path = os.path.join(directory, SETTINGS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if files.exists(path):
+    saved = files.read_json(path)
     if saved != json.loads(json.dumps(settings)):
       changed = sorted(k for k in set(saved) | set(settings)
                        if json.dumps(saved.get(k)) != json.dumps(settings.get(k)))
       raise ValueError(f'{directory} holds a search with other settings ({", ".join(changed)} '
                        f'differ); use a new workdir or delete {directory} to search again')
   else:
-    export.write_atomic(path, json.dumps(settings, indent=1).encode())
+    files.write_atomic(path, json.dumps(settings, indent=1).encode())
 
 
 def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network,
@@ -182,7 +180,6 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network
   if targets:
     bounds = {'max': resources_of(max_config), 'min': resources_of(min_config)}
     check_targets_reachable(targets, bounds['max'], bounds['min'])
-  os.makedirs(workdir, exist_ok=True)
   check_settings(workdir, search_settings(config, targets))
 
   parallel.check_batch_size(cfg.batch_size, 'search.batch_size')
@@ -214,7 +211,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network
     write_trajectory(workdir, trajectory)
   logging.info('search: targets %s; %d held-out images in %d batches; %d candidates per call',
                ', '.join(t.name for t in targets) or 'none (down to the min config)',
-               sum(int(b['mask'].sum()) for b in heldout), len(heldout), chunk_size)
+               min(num_images or source.num_examples['heldout'],
+                   source.num_examples['heldout']), len(heldout), chunk_size)
 
   while not (targets and reached_all(trajectory)) and trajectory[-1]['step'] != stop_after_step:
     current = trajectory[-1]['channels']
@@ -258,13 +256,13 @@ def finish_search(workdir: str, network: Network, trajectory: Sequence[Mapping[s
     if network.official_layout is not None:
       record['channel_num_list'] = network.config_to_list(record['channels'])
     records.append(record)
-    export.write_atomic(os.path.join(workdir, 'targets', f'{target.name}.json'),
+    files.write_atomic(os.path.join(workdir, 'targets', f'{target.name}.json'),
                         json.dumps(record, indent=1).encode())
   plot = plots.plot_trajectory(trajectory, records, os.path.join(workdir, 'trajectory.png'),
                                title=f'greedy slimming: {network.name}')
   summary = {'complete': True, 'steps': len(trajectory) - 1, 'targets': records,
              'trajectory': os.path.join(workdir, TRAJECTORY_FILE), 'plot': plot}
-  export.write_atomic(os.path.join(workdir, SUMMARY_FILE),
+  files.write_atomic(os.path.join(workdir, SUMMARY_FILE),
                       json.dumps(summary, indent=1).encode())
   return summary
 
@@ -272,7 +270,6 @@ def finish_search(workdir: str, network: Network, trajectory: Sequence[Mapping[s
 def read_summary(workdir: str) -> dict[str, Any] | None:
   """The finished search's summary, or None if the search has not completed."""
   path = os.path.join(workdir, SUMMARY_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path)

@@ -20,6 +20,7 @@ from clu import metric_writers
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import evaluate
+from autoslim_jax import files
 from autoslim_jax import input_pipeline
 from autoslim_jax import parallel
 from autoslim_jax import steps
@@ -40,7 +41,7 @@ class Checkpoints:
   """Orbax checkpoints of the train state under ``directory``."""
 
   def __init__(self, directory: str, max_to_keep: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
@@ -75,8 +76,8 @@ class Checkpoints:
         logging.warning('the checkpoint of step %d in %s is damaged (%s: %.300s); moved to %s, '
                         'resuming from an earlier one', step, self.directory,
                         type(e).__name__, e, aside)
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        os.replace(os.path.join(self.directory, str(step)), aside)
+        files.move(os.path.join(self.directory, str(step)), aside)
+        parallel.sync(f'damaged_checkpoint_{step}')
         self.manager.reload()
         continue
       return flax.serialization.from_state_dict(state, restored)

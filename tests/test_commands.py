@@ -221,3 +221,46 @@ def test_killed_at_random_points_resumes_to_the_same_results(staged_quickstart, 
     for a, b in zip(jax.tree_util.tree_leaves(variables),
                     jax.tree_util.tree_leaves(exports[key][1])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_colab_notebook_runs_top_to_bottom(staged_quickstart):
+  """launch/colab_quickstart.ipynb executed headless, as Colab's Run all does, on the staged run's
+  workdir (its pipeline cell resumes the finished run, so only the report cells work): no cell
+  fails, and the outputs hold the results table, the figures and the exported net's predictions."""
+  import re  # pylint: disable=g-import-not-at-top
+  import nbclient  # pylint: disable=g-import-not-at-top  # the test extra
+  import nbformat  # pylint: disable=g-import-not-at-top
+
+  workdir, _ = staged_quickstart
+  notebook = nbformat.read(os.path.join(REPO, 'launch', 'colab_quickstart.ipynb'), as_version=4)
+  nbformat.validate(notebook)
+  code_cells = [cell for cell in notebook.cells if cell.cell_type == 'code']
+  assert not any(cell.outputs or cell.execution_count for cell in code_cells), (
+      'save the notebook with its outputs cleared')
+  (parameters,) = [cell for cell in code_cells if 'parameters' in cell.metadata.get('tags', [])]
+  flags = [flag for flag in SHORT_QUICKSTART if flag != '--config=configs/quickstart.py']
+  parameters.source = (f'WORKDIR = {str(workdir)!r}\nEXTRA_FLAGS = {flags!r}\n'
+                       "REPO_URL = 'https://github.com/OWNER/autoslim-jax'")
+  client = nbclient.NotebookClient(notebook, timeout=300, kernel_name='python3',
+                                   resources={'metadata': {'path': REPO}})
+  client.execute(env=command_env())  # raises CellExecutionError at the first failing cell
+  outputs = {cell.id: cell.outputs for cell in code_cells}
+
+  def text(cell_id):
+    return ''.join(o.get('text', '') for o in outputs[cell_id] if o.output_type == 'stream')
+
+  def images(cell_id):
+    return sum('image/png' in o.get('data', {}) for o in outputs[cell_id])
+
+  assert not [o for cell in code_cells for o in cell.outputs if o.output_type == 'error']
+  assert 'supernet: training complete' in text('run')  # resumed: nothing trained again
+  assert '| macs_0.45x |' in text('run') and '| macs_0.45x |' in text('results')
+  assert any('text/markdown' in o.get('data', {}) for o in outputs['results'])
+  assert images('curves') == 1 and images('search') == 1 and images('classify') == 1
+  assert images('results') == len(list((workdir / 'plots').glob('*.png'))) - 1  # + trajectory
+  classified = text('classify')
+  assert 'predicted: [' in classified and 'true:      [' in classified
+  # The loaded net on the test digits, normalized as the pipeline does, scores as the export did.
+  loaded, reported = re.search(r'loaded network: ([\d.]+)% \(results.json: ([\d.]+)%\)',
+                               classified).groups()
+  assert loaded == reported
