@@ -172,7 +172,7 @@ def tfds_source(name: str, data_config: ml_collections.ConfigDict) -> DataSource
     shape = tuple(builder.info.features['image'].shape)
     mean, std = (CIFAR_MEAN, CIFAR_STD) if shape[-1] == 3 else ((0.5,), (0.25,))
   return DataSource(
-      name=name, splits={k: split_fn(v) for k, v in split_names.items()},
+      name=name, splits={k: split_fn(k) for k in split_names},
       num_examples=num_examples, image_shape=shape,
       num_classes=builder.info.features['label'].num_classes, mean=mean, std=std,
       encoded=encoded)
@@ -302,6 +302,7 @@ def ceil_div(a: int, b: int) -> int:
 
 def steps_per_epoch(source: DataSource, global_batch_size: int) -> int:
   """Whole batches per epoch, equal on every device (the smallest shard decides)."""
+  parallel.check_batch_size(global_batch_size, 'the batch size')
   num_devices = jax.device_count()
   steps = source.num_examples['train'] // num_devices // (global_batch_size // num_devices)
   if steps < 1:
@@ -366,6 +367,7 @@ def eval_batches(source: DataSource, split: str, global_batch_size: int,
   is 0: real images, so that BatchNorm in batch-statistics mode sees a normal batch, but not
   counted.
   """
+  parallel.check_batch_size(global_batch_size, 'the batch size')
   num_devices = jax.device_count()
   per_device = global_batch_size // num_devices
   size = source.num_examples[split]

@@ -7,7 +7,7 @@ Command:  python -m autoslim_jax.main --config=configs/mbv1.py --workdir=gs://BU
           The published networks alone, without supernet and search:
             --config.retrain.published='("150M", "325M", "572M")' --config.stages=retrain,export
 Hardware: a TPU v3-32 / v4-32 pod slice or 8 A100/H100 GPUs (batch 2048 over the devices).
-Run time: supernet 50 epochs = 31,250 steps of 4 sub-networks at 224x224; search about 120
+Run time: supernet 50 epochs = 30,050 steps of 4 sub-networks at 224x224; search about 120
   greedy steps of up to 14 candidates on 50,000 images; retraining 6 networks x 300 epochs. Not
   yet measured.
 Expected (paper, Table 1): 150M / 325M / 572M-MACs networks with 32.1 / 28.5 / 27.0% top-1

@@ -5,7 +5,7 @@ Command:  python -m autoslim_jax.main --config=configs/mbv2.py --workdir=gs://BU
           ImageNet must be prepared by tfds once from its manual download
           (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in config.dataset.manual_dir).
 Hardware: a TPU v3-32 / v4-32 pod slice or 8 A100/H100 GPUs (batch 2048 over the devices).
-Run time: supernet 50 epochs = 31,250 steps of 4 sub-networks at 224x224; search about 250
+Run time: supernet 50 epochs = 30,050 steps of 4 sub-networks at 224x224; search about 250
   greedy steps of up to 25 candidates on 50,000 images; retraining 6 networks x 300 epochs. Not
   yet measured (the benchmark issue records throughput).
 Expected (paper): a supernet whose greedy slimming gives 207M / 305M / 505M-MACs networks with

@@ -7,7 +7,7 @@ Command:  python -m autoslim_jax.main --config=configs/mnasnet.py --workdir=gs:/
           The published networks alone, without supernet and search:
             --config.retrain.published='("217M", "315M", "532M")' --config.stages=retrain,export
 Hardware: a TPU v3-32 / v4-32 pod slice or 8 A100/H100 GPUs (batch 2048 over the devices).
-Run time: supernet 50 epochs = 31,250 steps of 4 sub-networks at 224x224; search about 250
+Run time: supernet 50 epochs = 30,050 steps of 4 sub-networks at 224x224; search about 250
   greedy steps of up to 25 candidates on 50,000 images; retraining 6 networks x 300 epochs. Not
   yet measured.
 Expected (paper, Table 1): 217M / 315M / 532M-MACs networks with 26.8 / 25.4 / 24.6% top-1

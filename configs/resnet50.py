@@ -7,7 +7,7 @@ Command:  python -m autoslim_jax.main --config=configs/resnet50.py --workdir=gs:
           The published networks alone, without supernet and search:
             --config.retrain.published='("570M", "1G", "2G", "3G")' --config.stages=retrain,export
 Hardware: a TPU v3-32 / v4-32 pod slice or 8 A100/H100 GPUs (batch 2048 over the devices).
-Run time: supernet 50 epochs = 31,250 steps of 4 sub-networks at 224x224; search about 350
+Run time: supernet 50 epochs = 30,050 steps of 4 sub-networks at 224x224; search about 350
   greedy steps of up to 37 candidates on 50,000 images; retraining 8 networks x 100 epochs. Not
   yet measured.
 Expected (paper, Table 1): 570M / 1.0G / 2.0G / 3.0G-MACs networks with 27.8 / 26.0 / 24.4 /

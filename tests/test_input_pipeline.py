@@ -37,12 +37,17 @@ def test_heldout_and_train_are_disjoint_and_cover_the_training_data(tmp_path):
   assert source.num_examples == {'train': 38, 'heldout': 12, 'test': 10}
   heldout = [i for b in input_pipeline.eval_batches(source, 'heldout', 8)
              for i, m in zip(_indices(b, source), b['mask']) if m]
-  stream = input_pipeline.train_batches(source, 19, 0, 0, 'none', 100, False)
-  train = [i for b in itertools.islice(stream, 4) for i in _indices(b, source)]  # 2 epochs
   assert sorted(heldout) == list(range(12))  # every held-out example exactly once
-  assert set(train) == set(range(12, 50)) and not set(train) & set(heldout)
-  # each epoch is a permutation of the training part, reshuffled each epoch
-  assert sorted(train[:38]) == sorted(train[38:]) and train[:38] != train[38:]
+  # 8 devices, 2 images each: device d reads shard d (training examples 12 + d, 20 + d, ...);
+  # an epoch is 2 steps (the smallest shard, 4 examples, decides).
+  stream = input_pipeline.train_batches(source, 16, 0, 0, 'none', 100, False)
+  batches = [_indices(b, source) for b in itertools.islice(stream, 40)]
+  for batch in batches:
+    assert [(i - 12) % 8 for i in batch] == [d for d in range(8) for _ in range(2)]
+  train = np.concatenate(batches)
+  assert set(train) == set(range(12, 50))  # over 20 epochs every training example is seen
+  first, second = np.concatenate(batches[:2]), np.concatenate(batches[2:4])
+  assert len(set(first)) == 32 and list(first) != list(second)  # reshuffled each epoch
 
 
 def test_train_stream_restarted_at_a_step_repeats_itself(tmp_path):
@@ -62,9 +67,14 @@ def test_eval_batches_pad_with_uncounted_examples(tmp_path):
   _indexed_npz(tmp_path / 'd.npz')
   source = input_pipeline.create_source(_data_config(name='npz', path=str(tmp_path / 'd.npz'),
                                                      heldout_size=10))
-  batches = list(input_pipeline.eval_batches(source, 'test', 4))
-  assert [b['image'].shape[0] for b in batches] == [4, 4, 4]
-  assert [float(b['mask'].sum()) for b in batches] == [4, 4, 2]
+  # 10 test images on 8 devices: devices 0 and 1 have 2, the others 1 and a filler.
+  batches = list(input_pipeline.eval_batches(source, 'test', 8))
+  assert [b['image'].shape[0] for b in batches] == [8, 8]
+  assert [float(b['mask'].sum()) for b in batches] == [8, 2]
+  counted = [i for b in batches for i, m in zip(_indices(b, source), b['mask']) if m]
+  assert sorted(counted) == list(range(100, 110))
+  with pytest.raises(ValueError, match='the batch size 12 is not divisible by the 8 devices'):
+    next(input_pipeline.eval_batches(source, 'test', 12))
 
 
 def test_digits_embedded_source():
@@ -80,10 +90,10 @@ def test_tfds_cifar10_and_imagenet_on_mock_data():
     assert batch['image'].shape == (8, 32, 32, 3) and cifar.num_classes == 10
     imagenet = input_pipeline.create_source(_data_config(name='imagenet2012', heldout_size=8,
                                                          image_size=48))
-    batch = next(input_pipeline.train_batches(imagenet, 4, 0, 0, 'inception', 100, False))
-    assert batch['image'].shape == (4, 48, 48, 3)
-    test_batch = next(input_pipeline.eval_batches(imagenet, 'test', 4))
-    assert test_batch['image'].shape == (4, 48, 48, 3)
+    batch = next(input_pipeline.train_batches(imagenet, 8, 0, 0, 'inception', 100, False))
+    assert batch['image'].shape == (8, 48, 48, 3)
+    test_batch = next(input_pipeline.eval_batches(imagenet, 'test', 8))
+    assert test_batch['image'].shape == (8, 48, 48, 3)
 
 
 def test_bad_data_configs_are_named(tmp_path):

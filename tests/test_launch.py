@@ -215,7 +215,8 @@ def test_tpu_real_mode_with_stand_in_gcloud(tmp_path):
 def test_readme_shows_the_dry_run_as_printed():
   out = _run(['bash', TPU, 'run', ZONE, '--accelerator-type=v4-32', '--bucket=gs://my-bucket',
               '--config=configs/mbv2.py', '--spot', '--delete-after', '--dry-run', '--',
-              '--config.supernet.checkpoint_every_steps=500']).stdout
+              '--config.supernet.checkpoint_every_steps=500'],
+             env=dict(os.environ, TMPDIR='/tmp')).stdout  # the README's archive path
   printed = out.replace(REPO, '/path/to/autoslim-jax').split('\n', 1)[1]  # after '# dry run'
   with open(os.path.join(LAUNCH, 'README.md')) as f:
     assert f'```\n{printed}```' in f.read(), 'launch/README.md shows another dry run of tpu_vm.sh'

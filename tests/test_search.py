@@ -62,7 +62,10 @@ def setting(tiny_network):
   logits = np.concatenate([evaluate.logits_with_batch_stats(
       tiny_network.supernet(), variables, shard, space.as_arrays(space.max_config()))
                            for shard in shards])
-  arrays['y_train'][:HELDOUT] = np.argmax(logits, -1)
+  # The batch holds device d's shard (examples d, d + 8, ...) in its d-th part.
+  order = np.concatenate([np.arange(HELDOUT)[d::jax.device_count()]
+                          for d in range(jax.device_count())])
+  arrays['y_train'][order] = np.argmax(logits, -1)
   source = input_pipeline.array_source('random', arrays, HELDOUT, (0.5,) * 3, (0.25,) * 3)
   return variables, source
 
