@@ -15,6 +15,7 @@ from autoslim_jax import train
 
 def _config(steps=4):
   config = defaults.get_default_config()
+  config.model = 'mobilenet_v1'  # what these tests check is the loop; its 14 layers compile fast
   config.model_kwargs.update(dict(layout='cifar', width_mult=0.35, image_size=8, in_channels=1,
                                   num_classes=10))
   config.dataset.update(dict(name='digits', heldout_size=64, augmentation='shift',
