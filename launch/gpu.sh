@@ -30,48 +30,8 @@ Everything after -- is passed to the config as overrides, e.g.
 EOF
 }
 
-die() {
-  echo "error: $*" >&2
-  exit 2
-}
-
-note() {
-  echo "# $*"
-}
-
-# Prints one argument so that the printed line, pasted into bash, gives the same argument.
-quote() {
-  local arg=$1
-  if [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$arg"
-  elif [[ $arg =~ ^(--[A-Za-z0-9_-]+=)(.*)$ ]]; then
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${arg//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local out='' arg
-  for arg in "$@"; do
-    out+="${out:+ }$(quote "$arg")"
-  done
-  printf '%s' "$out"
-}
-
-show() {
-  echo "+ $(quote_all "$@")"
-}
-
-# Prints a command, then runs it unless --dry-run.
-run_cmd() {
-  show "$@"
-  if ((DRY_RUN)); then
-    return 0
-  fi
-  "$@"
-}
+# shellcheck source=launch/common.sh
+source "$REPO_ROOT/launch/common.sh"
 
 # --- options -----------------------------------------------------------------------------------
 
@@ -85,13 +45,6 @@ PYTHON=python3.11
 SKIP_INSTALL=0
 DRY_RUN=0
 OVERRIDES=()
-
-option_value() {  # option_value OPTION VALUE: the value, or an error naming the option
-  if [[ $# -lt 2 || -z $2 || $2 == --* ]]; then
-    die "option $1 needs a value (see --help)"
-  fi
-  printf '%s' "$2"
-}
 
 parse_args() {
   while (($#)); do

