@@ -30,7 +30,15 @@ def _batch(network, size, seed=0):
           'label': jax.random.randint(key_y, (size,), 0, network.num_classes)}
 
 
-def test_step_on_8_devices_equals_single_device_computation(tiny_network):
+@pytest.fixture(scope='module')
+def tiny_mbv1():
+  """For the checks of the step's semantics, which do not depend on the model: MobileNet v1's
+  14 layers compile about 3x faster than the tiny MobileNet v2."""
+  return models.create_network('mobilenet_v1', layout='cifar', width_mult=0.5, image_size=8)
+
+
+def test_step_on_8_devices_equals_single_device_computation(tiny_mbv1):
+  tiny_network = tiny_mbv1
   assert jax.device_count() == 8
   space = tiny_network.channel_space()
   cfg = _supernet_config()
@@ -102,7 +110,7 @@ def test_fused_sandwich_equals_members_one_after_another():
   BatchNorm over 4 images of 1x1 features amplifies the rounding of a differently ordered conv
   sum to percents of the gradient."""
   with jax.enable_x64(True):
-    network = models.create_network('mobilenet_v2', layout='cifar', width_mult=0.5,
+    network = models.create_network('mobilenet_v1', layout='cifar', width_mult=0.5,
                                      image_size=8, dtype=jnp.float64)
     space = network.channel_space()
     variables = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64),
