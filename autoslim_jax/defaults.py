@@ -36,7 +36,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.dataset.heldout_size = 50_000  # carved from the training data for the search
   config.dataset.image_size = 224  # for data sets of encoded images (ImageNet, folders)
   config.dataset.augmentation = 'inception'  # none | shift | crop_flip | inception
-  config.dataset.shuffle_buffer = 16_384
+  config.dataset.shuffle_buffer = 16_384  # examples per device (each device shuffles its shard)
   config.dataset.cache = False  # keep the decoded training split in memory (small data sets)
 
   # Stage 1: the supernet (sandwich rule + inplace distillation).
