@@ -61,11 +61,6 @@ def read_json(path: str) -> Any:
   return json.loads(read_text(path))
 
 
-def make_dirs(path: str) -> None:
-  if parallel.is_main_process():
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
-
-
 def empty_folder(path: str) -> None:
   """Deletes everything in ``path`` (main process)."""
   if not parallel.is_main_process():
