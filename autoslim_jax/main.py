@@ -46,6 +46,11 @@ class _QuietLibraries:
 def start_processes() -> None:
   """Joins the other processes of a multi-host run; logs each process's share of the devices.
   Only process 0 logs progress after this (the others log warnings and errors)."""
+  given = [name for name, flag in (('--num_processes', _NUM_PROCESSES),
+                                   ('--process_id', _PROCESS_ID)) if flag.value is not None]
+  if given and _COORDINATOR.value is None:
+    raise app.UsageError(f'{" and ".join(given)} need --coordinator_address=HOST:PORT (of '
+                         'process 0); on Cloud TPU, SLURM or Open MPI use --distributed alone')
   if _COORDINATOR.value is not None:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:

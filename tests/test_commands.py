@@ -132,6 +132,14 @@ def test_main_refuses_a_stage_whose_inputs_are_missing(tmp_path):
   assert 'run its stage first' in result.stderr
 
 
+def test_main_refuses_process_flags_without_a_coordinator(tmp_path):
+  result = run('autoslim_jax.main', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
+               '--num_processes=2', '--process_id=1', check=False)
+  assert result.returncode != 0
+  assert '--num_processes and --process_id need --coordinator_address=HOST:PORT' in result.stderr
+  assert not os.listdir(tmp_path)  # refused before anything was written
+
+
 def test_main_refuses_unknown_model(tmp_path):
   result = run('autoslim_jax.main', '--config=configs/quickstart.py',
                '--config.model=mobilenet_v9', f'--workdir={tmp_path}', check=False)
