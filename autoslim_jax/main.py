@@ -10,6 +10,7 @@ one folder every host sees (a gs:// bucket, NFS).
 
 import logging as std_logging
 import sys
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -20,8 +21,8 @@ from ml_collections import config_flags
 from autoslim_jax import parallel
 from autoslim_jax import pipeline
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, results, exports.')
-_OVERWRITE = flags.DEFINE_bool(
+WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, results, exports.')
+OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'If --workdir holds the outputs of a different config, delete them and '
     'start again (without it such a workdir is refused). A rerun of the same config always '
     'resumes.')
@@ -34,6 +35,7 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
 
 
 class _QuietLibraries:
@@ -63,15 +65,21 @@ def start_processes() -> None:
       logging.set_verbosity(logging.WARNING)
 
 
-def main(argv):
+def start(argv) -> None:
+  """The start of every command of the package: no stray arguments, progress logging, the
+  other processes of a multi-host run joined."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   start_processes()
   for handler in std_logging.getLogger().handlers + [logging.get_absl_handler()]:
     handler.addFilter(_QuietLibraries())
+
+
+def run_reporting_errors(function: Callable[[], Any]) -> Any:
+  """``function()``; bad input or a diverged run ends the command with the message alone."""
   try:
-    pipeline.run(flags.FLAGS.config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    return function()
   except ValueError as e:  # bad input: say what and stop, no stack trace from deep inside
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
@@ -80,6 +88,12 @@ def main(argv):
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+
+
+def main(argv):
+  start(argv)
+  run_reporting_errors(lambda: pipeline.run(FLAGS.config, WORKDIR.value,
+                                            overwrite=OVERWRITE.value))
 
 
 if __name__ == '__main__':

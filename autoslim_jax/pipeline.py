@@ -84,9 +84,9 @@ class Evaluator:
                           evaluate.make_eval_step(module, self.mesh))
     return self._steps[key][1:]
 
-  def calibrated_test(self, module, variables: Mapping[str, Any], config=None
-                      ) -> tuple[dict[str, Any], dict[str, float]]:
-    """(variables with calibrated BatchNorm, test metrics) of ``module`` at ``config``."""
+  def calibrated_test(self, module, variables: Mapping[str, Any], config=None,
+                      split: str = 'test') -> tuple[dict[str, Any], dict[str, float]]:
+    """(variables with calibrated BatchNorm, metrics on ``split``) of ``module`` at ``config``."""
     calibration_step, eval_step = self._compiled(module)
     calibration = self.config.calibration
     batch_stats = evaluate.calibrate_batch_stats(
@@ -95,7 +95,7 @@ class Evaluator:
     calibrated = {'params': variables['params'], 'batch_stats': batch_stats}
     metrics = evaluate.evaluate_config(
         eval_step, calibrated,
-        input_pipeline.eval_batches(self.source, 'test', self.config.retrain.eval_batch_size),
+        input_pipeline.eval_batches(self.source, split, self.config.retrain.eval_batch_size),
         config, self.mesh)
     return calibrated, metrics
 

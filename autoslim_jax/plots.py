@@ -32,7 +32,7 @@ def _percent(value: float | None) -> float | None:
   return None if value is None else 100.0 * value
 
 
-def _save(fig, path: str | os.PathLike) -> str:
+def save_figure(fig, path: str | os.PathLike) -> str:
   """Writes ``fig`` as a PNG at ``path`` (creating its folder) and frees it."""
   path = os.fspath(path)
   fig.tight_layout()
@@ -84,7 +84,7 @@ def plot_trajectory(trajectory: Sequence[Mapping[str, Any]],
   ax.set_title(title or 'greedy slimming trajectory')
   ax.grid(True, alpha=0.3)
   ax.legend(loc='lower right', fontsize='small')
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_accuracy_vs_macs(results: Mapping[str, Any], path: str | os.PathLike) -> str:
@@ -117,7 +117,7 @@ def plot_accuracy_vs_macs(results: Mapping[str, Any], path: str | os.PathLike) -
   ax.set_title(' '.join(str(results[key]) for key in ('model', 'dataset') if key in results))
   ax.grid(True, alpha=0.3)
   ax.legend(loc='lower right')
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_channels(results: Mapping[str, Any], target_name: str,
@@ -150,7 +150,7 @@ def plot_channels(results: Mapping[str, Any], target_name: str,
   ax.set_title(title)
   ax.grid(True, axis='y', alpha=0.3)
   ax.legend(loc='upper left')
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_all_channels(results: Mapping[str, Any], directory: str | os.PathLike) -> list[str]:
@@ -203,3 +203,107 @@ def results_table(results: Mapping[str, Any]) -> str:
            _format_difference(target.get('difference'))]
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines) + '\n'
+
+
+# Experiments over seeds and the estimator study (autoslim_jax/experiment.py).
+
+
+def _mean(stat, scale=1.0, digits=2) -> str:
+  return '-' if stat is None else f'{scale * stat["mean"]:.{digits}f}'
+
+
+def _mean_std(stat, scale=100.0, sign='') -> str:
+  if stat is None:
+    return '-'
+  return f'{scale * stat["mean"]:{sign}.2f} ± {scale * stat["std"]:.2f}'
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+  """Markdown: per target, both nets' resources and test accuracy (mean ± std over seeds)."""
+  header = ['target', 'AutoSlim MACs (M)', 'params (M)', 'memory (M)', 'AutoSlim test acc (%)',
+            'uniform width', 'uniform MACs (M)', 'params (M)', 'memory (M)',
+            'uniform test acc (%)', 'difference (points)', 'AutoSlim better']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * 11) + '|']
+  seeds = len(summary['seeds'])
+  for row in summary['targets']:
+    autoslim, uniform = row['autoslim'], row['uniform']
+    lines.append('| ' + ' | '.join([
+        row['name'], _mean(autoslim['macs'], 1e-6), _mean(autoslim['params'], 1e-6, 3),
+        _mean(autoslim['memory'], 1e-6), _mean_std(autoslim['test_accuracy']),
+        _mean(uniform['width_mult'], 1.0, 4), _mean(uniform['macs'], 1e-6),
+        _mean(uniform['params'], 1e-6, 3), _mean(uniform['memory'], 1e-6),
+        _mean_std(uniform['test_accuracy']), _mean_std(row['difference'], sign='+'),
+        f'{row["autoslim_better"]} of {seeds}']) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_seeds(summary: Mapping[str, Any], path: str) -> str:
+  """Test accuracy against MACs, mean ± std over seeds, each seed's net as a faint point."""
+  fig, ax = plt.subplots(figsize=(7, 5))
+  for family, style, color, label in (('autoslim', '-o', 'tab:red', 'AutoSlim'),
+                                      ('uniform', '--s', 'tab:gray', 'uniform width')):
+    rows = sorted((r for r in summary['targets'] if r[family]['test_accuracy'] is not None),
+                  key=lambda r: r[family]['macs']['mean'])
+    if not rows:
+      continue
+    for row in rows:
+      ax.plot([m / 1e6 for m in row[family]['macs']['values']],
+              [100 * a for a in row[family]['test_accuracy']['values']], style[-1],
+              color=color, alpha=0.3, markersize=4)
+    ax.errorbar([r[family]['macs']['mean'] / 1e6 for r in rows],
+                [100 * r[family]['test_accuracy']['mean'] for r in rows],
+                yerr=[100 * r[family]['test_accuracy']['std'] for r in rows], fmt=style,
+                color=color, capsize=4, label=f'{label} (mean ± std, {len(summary["seeds"])} seeds)')
+  ax.set_xlabel('MACs (M)')
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_title(f'{summary["model"]} on {summary["dataset"]}')
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc='lower right', fontsize='small')
+  return save_figure(fig, path)
+
+
+def _tau(tau: Mapping[str, float | None]) -> str:
+  if tau['tau'] is None:
+    return 'undefined'
+  return f'{tau["tau"]:+.3f} (p = {tau["p_value"]:.2g})'
+
+
+def estimator_table(report: Mapping[str, Any]) -> str:
+  """Markdown: each config's supernet scores and from-scratch accuracy, then Kendall's taus."""
+  lines = ['| config | kind | MACs (M) | supernet held-out acc, batch stats (%) | '
+           'supernet held-out acc, calibrated (%) | from scratch test acc (%) |',
+           '|---|---|---:|---:|---:|---:|']
+  for e in sorted(report['configs'], key=lambda e: -e['macs']):
+    lines.append(f'| {e["name"]} | {e["kind"]} | {e["macs"] / 1e6:.2f} | '
+                 f'{100 * e["heldout_batch_stats"]:.2f} | {100 * e["heldout_calibrated"]:.2f} | '
+                 f'{100 * e["scratch_test_accuracy"]:.2f} |')
+  taus = report['kendall_tau']
+  lines.append('')
+  lines.append(f'Kendall tau with the from-scratch accuracy over {len(report["configs"])} configs: '
+               + '; '.join(f'{label} {_tau(taus[k])}'
+                           for k, label in (('batch_stats', 'supernet, batch statistics'),
+                                            ('calibrated', 'supernet, calibrated BatchNorm'),
+                                            ('macs', 'MACs alone'))))
+  return '\n'.join(lines) + '\n'
+
+
+def plot_estimator(report: Mapping[str, Any], path: str) -> str:
+  """From-scratch test accuracy against the supernet's held-out accuracy, both BN modes."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+  markers = {'autoslim': ('D', 'tab:red'), 'uniform': ('s', 'tab:gray'),
+             'path': ('o', 'tab:blue'), 'random': ('^', 'tab:green')}
+  for ax, key, title in ((axes[0], 'batch_stats', 'BatchNorm batch statistics (as searched)'),
+                         (axes[1], 'calibrated', 'calibrated BatchNorm')):
+    for kind, (marker, color) in markers.items():
+      points = [e for e in report['configs'] if e['kind'] == kind]
+      if points:
+        ax.scatter([100 * e[f'heldout_{key}'] for e in points],
+                   [100 * e['scratch_test_accuracy'] for e in points], marker=marker,
+                   color=color, label=kind)
+    ax.set_title(f'{title}\nKendall tau {_tau(report["kendall_tau"][key])}',
+                 fontsize='medium')
+    ax.set_xlabel('supernet held-out accuracy (%)')
+    ax.grid(True, alpha=0.3)
+  axes[0].set_ylabel('trained from scratch: test accuracy (%)')
+  axes[0].legend(loc='lower right', fontsize='small')
+  return save_figure(fig, path)

@@ -275,3 +275,54 @@ def test_colab_notebook_runs_top_to_bottom(staged_quickstart):
   loaded, reported = re.search(r'loaded network: ([\d.]+)% \(results.json: ([\d.]+)%\)',
                                classified).groups()
   assert loaded == reported
+
+
+def test_experiment_over_seeds_and_estimator_study(staged_quickstart, tmp_path):
+  """python -m autoslim_jax.experiment on the shortened quickstart with seeds 0 and 1 (seed 0 is
+  the staged run, copied: the experiment resumes it and trains seed 1) and an estimator study
+  of the searched and uniform nets plus one path and one random config."""
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  workdir = tmp_path / 'experiment'
+  shutil.copytree(staged_quickstart[0], workdir / 'seed_0')
+  result = run('autoslim_jax.experiment', *SHORT_QUICKSTART, f'--workdir={workdir}',
+               '--seeds=0,1', '--estimator_path=1', '--estimator_random=1')
+  assert 'stage export: complete' in result.stderr  # seed 0 resumed, not trained again
+  seed_1 = json.loads((workdir / 'seed_1' / 'config.json').read_text())
+  assert seed_1['seed'] == 1
+
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['seeds'] == [0, 1]
+  (target,) = summary['targets']
+  per_seed = [json.loads((workdir / f'seed_{s}' / 'results.json').read_text())['targets'][0]
+              for s in (0, 1)]
+  for family in ('autoslim', 'uniform'):
+    accuracies = [t[family]['test_accuracy'] for t in per_seed]
+    assert target[family]['test_accuracy']['values'] == accuracies
+    assert target[family]['test_accuracy']['mean'] == pytest.approx(np.mean(accuracies))
+    assert target[family]['macs']['mean'] <= target['value']
+  (record,) = summary['runs']
+  assert record['command'].endswith('--estimator_random=1')
+  assert record['versions']['jax'] == jax.__version__ and record['platform'] == 'cpu'
+  assert set(record['seed_seconds']) == {'0', '1'} and record['seconds'] > 0
+  assert '| macs_0.45x |' in (workdir / 'summary.md').read_text()
+  assert '| macs_0.45x |' in result.stdout and 'Kendall tau' in result.stdout
+  assert (workdir / 'accuracy_vs_macs.png').exists()
+
+  report = json.loads((workdir / 'estimator' / 'estimator.json').read_text())
+  kinds = sorted(c['kind'] for c in report['configs'])
+  assert kinds == ['autoslim', 'path', 'random', 'uniform'] or kinds == [
+      'autoslim', 'random', 'uniform']  # the one path config may be the searched one
+  searched = next(c for c in report['configs'] if c['kind'] == 'autoslim')
+  assert searched['scratch_test_accuracy'] == per_seed[0]['autoslim']['test_accuracy']
+  # the supernet scores the searched net on the held-out split as the search did
+  assert searched['heldout_batch_stats'] == pytest.approx(per_seed[0]['autoslim'][
+      'heldout_accuracy'])
+  for config in report['configs']:
+    for key in ('heldout_batch_stats', 'heldout_calibrated', 'scratch_test_accuracy'):
+      assert 0 <= config[key] <= 1, (config['name'], key)
+  for name in ('batch_stats', 'calibrated', 'macs'):
+    tau = report['kendall_tau'][name]['tau']
+    assert tau is None or -1 <= tau <= 1
+  assert summary['estimator']['kendall_tau'] == report['kendall_tau']
+  assert (workdir / 'estimator' / 'estimator.png').exists()
