@@ -79,6 +79,9 @@ def load_digits_arrays() -> dict[str, np.ndarray]:
 
 
 def load_npz_arrays(path: str) -> dict[str, np.ndarray]:
+  if not path:
+    raise ValueError('the npz data set needs a file: set config.dataset.path=FILE.npz (arrays '
+                     'x_train, y_train, x_test, y_test), or --npz=FILE.npz for the experiment')
   if not os.path.exists(path):
     raise ValueError(f'npz data set: no file at {path!r} (config.dataset.path)')
   with np.load(path) as data:

@@ -99,6 +99,8 @@ def test_tfds_cifar10_and_imagenet_on_mock_data():
 def test_bad_data_configs_are_named(tmp_path):
   with pytest.raises(ValueError, match="npz data set: no file at '/nonexistent.npz'"):
     input_pipeline.create_source(_data_config(name='npz', path='/nonexistent.npz'))
+  with pytest.raises(ValueError, match='the npz data set needs a file: set config.dataset.path'):
+    input_pipeline.create_source(_data_config(name='npz', path=''))
   np.savez(tmp_path / 'bad.npz', x_train=np.zeros((4, 8, 8, 3), np.uint8))
   with pytest.raises(ValueError, match=r"lacks arrays \['y_train', 'x_test', 'y_test'\]"):
     input_pipeline.create_source(_data_config(name='npz', path=str(tmp_path / 'bad.npz')))
