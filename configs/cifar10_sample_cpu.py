@@ -6,15 +6,17 @@ Command:  python -m autoslim_jax.experiment --config=configs/cifar10_sample_cpu.
           --workdir=W --config.dataset.path=PATH/cifar10_subset.npz). Any .npz with x_train,
           y_train, x_test, y_test (uint8 32x32x3 images) works: CIFAR-10 itself, or your arrays.
 Hardware: a 2-core CPU (no accelerator needed).
-Run time: about 20 minutes per seed on 2 cores (supernet 3 epochs of 4,000 images, ~7 min; a
-  greedy search of ~50 steps scored on 256 held-out images, ~5 min; 6 slim nets retrained 6
-  epochs, ~7 min), plus ~10 minutes for the estimator study. Recorded in runs/results.md.
+Run time: 29 minutes per seed on the 2-core development VM (supernet 3 epochs of 4,000 images,
+  6 min; greedy search, 39-43 steps scored on 256 held-out images, 4 min; 6 slim nets retrained
+  6 epochs, 18 min; export 1 min), plus 3 minutes per config trained from scratch in the
+  estimator study. Recorded in runs/results.md.
 Expected: the paper's Table 2 proportions on a scale a CPU can run: the supernet's max width is
   0.35x (the paper's 1.5x scaled by 0.233), its min width 0.1 of it (the paper's 0.15x of 1.5x), and
   the targets are the MACs of the uniform nets at 1/1.5, 0.75/1.5 and 0.5/1.5 of the max width
   (the paper's 1.0x, 0.75x, 0.5x of a 1.5x supernet). Schedules this short on 4,000 training
-  images leave every net far from convergence (test accuracy 35-55%); the seeds' spread is
-  reported beside the difference. Not comparable with published CIFAR-10 numbers.
+  images leave every net far from convergence (measured: retrained nets 34-42% test accuracy,
+  the supernet's slices 20-24%); the seeds' spread is reported beside the difference. Not
+  comparable with published CIFAR-10 numbers.
 """
 
 from autoslim_jax import defaults
