@@ -15,7 +15,7 @@ Expected: the paper's Table 2 proportions on a scale a CPU can run: the supernet
   the targets are the MACs of the uniform nets at 1/1.5, 0.75/1.5 and 0.5/1.5 of the max width
   (the paper's 1.0x, 0.75x, 0.5x of a 1.5x supernet). Schedules this short on 4,000 training
   images leave every net far from convergence (measured: retrained nets 34-42% test accuracy,
-  the supernet's slices 20-24%); the seeds' spread is reported beside the difference. Not
+  the supernet's slices 19-24%); the seeds' spread is reported beside the difference. Not
   comparable with published CIFAR-10 numbers.
 """
 
