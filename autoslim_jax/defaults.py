@@ -45,6 +45,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.supernet.num_epochs = 50.0
   config.supernet.num_sandwich = 4  # max, min and num_sandwich - 2 random sub-networks
   config.supernet.label_smoothing = 0.1  # of the max network's labels
+  # The other members learn the max network's predictions (the paper); False: the labels, as
+  # the max network does (an ablation).
+  config.supernet.inplace_distillation = True
   config.supernet.optimizer = 'sgd'  # sgd (nesterov momentum) | adamw
   config.supernet.momentum = 0.9
   # Learning rate = base_learning_rate * batch_size / base_batch_size (paper: 0.5 at 2048).

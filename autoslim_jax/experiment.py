@@ -36,6 +36,7 @@ import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
+from flax import traverse_util
 from scipy import stats
 
 from autoslim_jax import defaults
@@ -244,10 +245,48 @@ def scratch_accuracy(config: ml_collections.ConfigDict, workdir: str, network,
   return metrics['accuracy']
 
 
+def scratch_recipe(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a from-scratch accuracy depends on besides the channels: seed, model, data, retrain
+  and calibration settings (not the supernet or the search)."""
+  recipe = json.loads(config.to_json_best_effort())
+  return {k: recipe[k] for k in ('seed', 'model', 'model_kwargs', 'dataset', 'retrain',
+                                 'calibration')}
+
+
+def reference_entries(config: ml_collections.ConfigDict, reference: Mapping[str, Any]
+                      ) -> list[dict[str, Any]]:
+  """The configs of an earlier estimator study with their from-scratch accuracies, to score with
+  another supernet (an ablation) without training them again; refuses a study whose from-scratch
+  recipe differs from ``config``'s (its accuracies would not be the ones this config gives)."""
+  if 'scratch_recipe' not in reference:
+    raise ValueError('the reference estimator study records no scratch_recipe (written before '
+                     'it was recorded): run its experiment command again to rewrite it')
+  ours = traverse_util.flatten_dict(scratch_recipe(config), sep='.')
+  theirs = traverse_util.flatten_dict(reference['scratch_recipe'], sep='.')
+  changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+  if changed:
+    raise ValueError('the reference estimator study trained its configs from scratch with '
+                     'another recipe (' + '; '.join(f'{k}: {theirs.get(k)!r} there, '
+                                                    f'{ours.get(k)!r} now' for k in changed[:5])
+                     + '): its accuracies do not apply; give a study of the same seed, model, '
+                     'data set, retrain and calibration settings')
+  entries = []
+  for entry in reference['configs']:
+    # The reference's searched nets are not this run's: a kind of their own in the plot.
+    kind = 'reference' if entry['kind'] == 'autoslim' else entry['kind']
+    entries.append({'name': f'reference_{entry["name"]}', 'kind': kind,
+                    'channels': entry['channels'],
+                    'scratch_test_accuracy': entry['scratch_test_accuracy']})
+  return entries
+
+
 def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int,
-                      num_path: int, num_random: int) -> dict[str, Any]:
+                      num_path: int, num_random: int,
+                      reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Supernet scores against from-scratch accuracy for the seed's searched and uniform nets,
-  ``num_path`` configs of its greedy path and ``num_random`` random ones (module docstring)."""
+  ``num_path`` configs of its greedy path and ``num_random`` random ones (module docstring);
+  with a ``reference`` study, its configs instead of new path and random ones
+  (``reference_entries``)."""
   config = with_seed(config, seed)
   run_dir = seed_workdir(workdir, seed)
   results = files.read_json(os.path.join(run_dir, pipeline.RESULTS_FILE))
@@ -267,12 +306,16 @@ def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int
                       'scratch_test_accuracy': target[family]['test_accuracy']})
   low = min(step['macs'] for step in trajectory)
   high = max(step['macs'] for step in trajectory)
-  entries += [{'name': f'path_{i}', 'kind': 'path', 'channels': c}
-              for i, c in enumerate(path_configs(trajectory, num_path))]
-  entries += [{'name': f'random_{i}', 'kind': 'random', 'channels': c}
-              for i, c in enumerate(random_configs(network, space, low, high, num_random, seed))]
+  if reference is not None:
+    entries += reference_entries(config, reference)
+  else:
+    entries += [{'name': f'path_{i}', 'kind': 'path', 'channels': c}
+                for i, c in enumerate(path_configs(trajectory, num_path))]
+    entries += [{'name': f'random_{i}', 'kind': 'random', 'channels': c}
+                for i, c in enumerate(random_configs(network, space, low, high, num_random, seed))]
   seen, unique = set(), []
   for entry in entries:  # a path config may be a searched one: score and train it once
+    entry['channels'] = {k: int(v) for k, v in entry['channels'].items()}
     key = tuple(sorted(entry['channels'].items()))
     if key not in seen:
       seen.add(key)
@@ -280,7 +323,8 @@ def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int
   entries = unique
   logging.info('estimator: %d configs (%s) from %.4gM to %.4gM MACs', len(entries),
                ', '.join(f'{k} {sum(e["kind"] == k for e in entries)}'
-                         for k in ('autoslim', 'uniform', 'path', 'random')), low / 1e6,
+                         for k in ('autoslim', 'uniform', 'path', 'random', 'reference')),
+               low / 1e6,
                high / 1e6)
 
   scores = supernet_scores(config, network, space, variables, source,
@@ -301,7 +345,8 @@ def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int
                    time.perf_counter() - start)
   scratch = [e['scratch_test_accuracy'] for e in entries]
   report = {
-      'seed': seed, 'supernet': os.path.join(run_dir, 'supernet'), 'configs': entries,
+      'seed': seed, 'supernet': os.path.join(run_dir, 'supernet'),
+      'scratch_recipe': scratch_recipe(config), 'configs': entries,
       'kendall_tau': {'batch_stats': kendall([e['heldout_batch_stats'] for e in entries], scratch),
                       'calibrated': kendall([e['heldout_calibrated'] for e in entries], scratch),
                       # The reference any estimator must beat over a budget range: bigger is
@@ -313,6 +358,44 @@ def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int
   return report
 
 
+def shared_config_taus(base: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+  """Kendall's taus of ``report``'s supernet scores over the configs it shares with the ``base``
+  study (an ablation scores the base's configs: the same configs compare the two supernets)."""
+  key = lambda entry: tuple(sorted(entry['channels'].items()))
+  base_keys = {key(e) for e in base['configs']}
+  shared = [e for e in report['configs'] if key(e) in base_keys]
+  scratch = [e['scratch_test_accuracy'] for e in shared]
+  return {'configs': len(shared),
+          'batch_stats': kendall([e['heldout_batch_stats'] for e in shared], scratch),
+          'calibrated': kendall([e['heldout_calibrated'] for e in shared], scratch)}
+
+
+def compare_runs(base_workdir: str, variants: Mapping[str, str]) -> list[dict[str, Any]]:
+  """One row per experiment workdir (the base first, then each named variant): the first seed's
+  AutoSlim and uniform test accuracy per target, and the estimator's taus over the base study's
+  configs. Rows for ``plots.ablation_table``."""
+  base_report = files.read_json(os.path.join(base_workdir, ESTIMATOR_DIR, ESTIMATOR_FILE))
+  rows = []
+  for name, workdir in {'base': base_workdir, **variants}.items():
+    summary = files.read_json(os.path.join(workdir, SUMMARY_FILE))
+    seed = base_report['seed']
+    if seed not in summary['seeds']:
+      raise ValueError(f'{workdir} has no run of seed {seed} (seeds {summary["seeds"]}): '
+                       f'compare runs of the base study\'s seed')
+    index = summary['seeds'].index(seed)
+    report_path = os.path.join(workdir, ESTIMATOR_DIR, ESTIMATOR_FILE)
+    rows.append({
+        'name': name, 'seed': seed,
+        'targets': [{'name': t['name'],
+                     'autoslim': t['autoslim']['test_accuracy']['values'][index],
+                     'uniform': t['uniform']['test_accuracy']['values'][index],
+                     'difference': t['difference']['values'][index]}
+                    for t in summary['targets']],
+        'taus': (shared_config_taus(base_report, files.read_json(report_path))
+                 if files.exists(report_path) else None)})
+  return rows
+
+
 def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
   files.write_atomic(os.path.join(workdir, 'summary.md'), plots.summary_table(summary).encode())
   plots.plot_seeds(summary, os.path.join(workdir, 'accuracy_vs_macs.png'))
@@ -320,9 +403,18 @@ def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
-        num_path: int = 3, num_random: int = 3, overwrite: bool = False) -> dict[str, Any]:
-  """Every seed's pipeline, the summary, then the estimator study on the first seed."""
+        num_path: int = 3, num_random: int = 3, overwrite: bool = False,
+        reference: str | None = None) -> dict[str, Any]:
+  """Every seed's pipeline, the summary, then the estimator study on the first seed (with the
+  configs of the ``reference`` study's estimator.json, when given)."""
   check_experiment(config, seeds)
+  reference_report = None
+  if reference is not None:
+    if not files.exists(reference):
+      raise ValueError(f'--estimator_reference={reference}: no such file (give the '
+                       f'{ESTIMATOR_DIR}/{ESTIMATOR_FILE} of an earlier experiment)')
+    reference_report = files.read_json(reference)
+    reference_entries(with_seed(config, seeds[0]), reference_report)  # refuse before training
   started = time.time()
   results, seconds = run_seeds(config, workdir, seeds, overwrite)
   summary = summarize_seeds(results)
@@ -332,9 +424,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
                 'seed_seconds': {str(s): round(v, 1) for s, v in seconds.items()}}
   summary['runs'].append(run_record)
   write_summary(workdir, summary)
-  if num_path + num_random > 0:
+  if num_path + num_random > 0 or reference_report is not None:
     start = time.perf_counter()
-    report = estimator_quality(config, workdir, seeds[0], num_path, num_random)
+    report = estimator_quality(config, workdir, seeds[0], num_path, num_random,
+                               reference_report)
     run_record['estimator_seconds'] = round(time.perf_counter() - start, 1)
     summary['estimator'] = {'kendall_tau': report['kendall_tau'],
                             'configs': len(report['configs']),
@@ -359,6 +452,11 @@ _PATH = flags.DEFINE_integer('estimator_path', 3, 'Configs of the greedy path in
                              'study (besides the searched and uniform nets).')
 _RANDOM = flags.DEFINE_integer('estimator_random', 3, 'Random configs in the estimator study. '
                                'With --estimator_path=0 too, no estimator study.')
+_REFERENCE = flags.DEFINE_string(
+    'estimator_reference', None, 'An earlier experiment\'s estimator/estimator.json: score its '
+    'configs with this run\'s supernet and reuse their from-scratch accuracies (an ablation of '
+    'the supernet or the search; same seed, data and retrain recipe), instead of new path and '
+    'random configs.')
 
 
 def main(argv):
@@ -372,7 +470,8 @@ def main(argv):
     config.dataset.name = 'npz'
     config.dataset.path = os.path.abspath(_NPZ.value)
   summary = main_lib.run_reporting_errors(lambda: run(
-      config, workdir, seeds, _PATH.value, _RANDOM.value, main_lib.OVERWRITE.value))
+      config, workdir, seeds, _PATH.value, _RANDOM.value, main_lib.OVERWRITE.value,
+      _REFERENCE.value))
   if parallel.is_main_process():
     print()
     print(plots.summary_table(summary))

@@ -287,11 +287,30 @@ def estimator_table(report: Mapping[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def ablation_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """Markdown of ``experiment.compare_runs``: per run, each target's AutoSlim test accuracy and
+  its difference from uniform width, then the supernet's Kendall taus."""
+  targets = [t['name'] for t in rows[0]['targets']]
+  header = (['run'] + [f'{t}: AutoSlim (%), vs uniform (points)' for t in targets]
+            + ['tau, batch stats', 'tau, calibrated', 'configs'])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1))
+           + '|']
+  for row in rows:
+    cells = [row['name']]
+    cells += [f'{100 * t["autoslim"]:.2f}, {100 * t["difference"]:+.2f}' for t in row['targets']]
+    taus = row['taus']
+    cells += ([_tau(taus['batch_stats']), _tau(taus['calibrated']), str(taus['configs'])]
+              if taus else ['-', '-', '-'])
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def plot_estimator(report: Mapping[str, Any], path: str) -> str:
   """From-scratch test accuracy against the supernet's held-out accuracy, both BN modes."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
   markers = {'autoslim': ('D', 'tab:red'), 'uniform': ('s', 'tab:gray'),
-             'path': ('o', 'tab:blue'), 'random': ('^', 'tab:green')}
+             'path': ('o', 'tab:blue'), 'random': ('^', 'tab:green'),
+             'reference': ('v', 'tab:purple')}
   for ax, key, title in ((axes[0], 'batch_stats', 'BatchNorm batch statistics (as searched)'),
                          (axes[1], 'calibrated', 'calibrated BatchNorm')):
     for kind, (marker, color) in markers.items():

@@ -110,8 +110,9 @@ def device_key(seed: int, step: jax.Array, device: jax.Array) -> jax.Array:
 
 def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
                   configs: Sequence[Mapping[str, jax.Array] | None], num_classes: int,
-                  label_smoothing: float, fused: bool = True):
-  """Sum of the sandwich losses; the first config (the max network) learns from the labels.
+                  label_smoothing: float, fused: bool = True, inplace_distillation: bool = True):
+  """Sum of the sandwich losses; the first config (the max network) learns from the labels,
+  the others from its predictions (``inplace_distillation``) or from the labels too.
 
   Returns (total, (per-member losses, per-member logits, batch_stats after the first pass)).
   The running statistics follow the first network; other configs get theirs by calibration.
@@ -136,7 +137,8 @@ def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
     all_logits = [logits for logits, _ in outputs]
     first_batch_stats = outputs[0][1]['batch_stats']
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  teacher = jax.lax.stop_gradient(jax.nn.softmax(all_logits[0]))  # inplace distillation
+  teacher = (jax.lax.stop_gradient(jax.nn.softmax(all_logits[0])) if inplace_distillation
+             else targets)
   losses = [optax.softmax_cross_entropy(all_logits[0], targets).mean()]
   losses += [optax.softmax_cross_entropy(logits, teacher).mean() for logits in all_logits[1:]]
   return sum(losses), (jnp.stack(losses), all_logits, first_batch_stats)
@@ -161,7 +163,7 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
     loss_fn = functools.partial(
         sandwich_loss, module=module, images=batch['image'], labels=batch['label'],
         configs=configs, num_classes=num_classes, label_smoothing=cfg.label_smoothing,
-        fused=fused)
+        fused=fused, inplace_distillation=cfg.get('inplace_distillation', True))
     (total, (losses, logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state.batch_stats)
     # Inside shard_map the gradient of the replicated params already comes back summed over

@@ -102,6 +102,18 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
   pipeline.claim_workdir(config, str(tmp_path), overwrite=False)  # the same config resumes
   config.stages = 'supernet'
   pipeline.claim_workdir(config, str(tmp_path), overwrite=False)  # stages may change
+  # A workdir written before a config key existed resumes while the key keeps its default...
+  with open(tmp_path / 'config.json') as f:
+    older = json.load(f)
+  del older['supernet']['inplace_distillation']
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(older, f)
+  pipeline.claim_workdir(config, str(tmp_path), overwrite=False)
+  # ...and is refused when it does not.
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  config.supernet.inplace_distillation = False
+  _refused(config, tmp_path, r'supernet.inplace_distillation: None there, False now')
+  config.supernet.inplace_distillation = True
   other = _config()
   other.supernet.base_learning_rate = 0.1
   _refused(other, tmp_path, r'holds the outputs of another config \(supernet.base_learning_rate: '

@@ -1,6 +1,8 @@
 """The experiment's pieces that need no training: seeds, summaries, config picks, Kendall's tau,
 tables and plots. The command itself runs in tests/test_commands.py."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,57 @@ def test_estimator_table_and_plot(tmp_path):
   assert 'supernet, calibrated BatchNorm undefined' in table
   path = plots.plot_estimator(report, str(tmp_path / 'estimator.png'))
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_reference_study_reused_only_with_the_same_from_scratch_recipe():
+  config = experiment.with_seed(defaults.get_default_config(), 0)
+  configs = [{'name': 'macs_1x_autoslim', 'kind': 'autoslim', 'channels': {'stem': 16},
+              'scratch_test_accuracy': 0.7},
+             {'name': 'random_0', 'kind': 'random', 'channels': {'stem': 8},
+              'scratch_test_accuracy': 0.6}]
+  reference = {'scratch_recipe': experiment.scratch_recipe(config), 'configs': configs}
+  # Another supernet or search (the ablation) keeps the from-scratch accuracies valid.
+  config.supernet.num_epochs = 3 * config.supernet.num_epochs
+  config.search.score = 'loss'
+  entries = experiment.reference_entries(config, reference)
+  assert [(e['name'], e['kind'], e['scratch_test_accuracy']) for e in entries] == [
+      ('reference_macs_1x_autoslim', 'reference', 0.7), ('reference_random_0', 'random', 0.6)]
+  config.retrain.num_epochs = 1.0
+  with pytest.raises(ValueError, match=r'another recipe \(retrain.num_epochs: 300.0 there, 1.0 '
+                                       r'now\): its accuracies do not apply'):
+    experiment.reference_entries(config, reference)
+  with pytest.raises(ValueError, match=r'another recipe \(seed: 0 there, 1 now'):
+    experiment.reference_entries(experiment.with_seed(defaults.get_default_config(), 1), reference)
+  with pytest.raises(ValueError, match='records no scratch_recipe'):
+    experiment.reference_entries(config, {'configs': configs})
+
+
+def test_compare_runs_of_an_ablation(tmp_path):
+  def experiment_dir(name, accuracies, scratch_by_stem, scores):
+    directory = tmp_path / name
+    (directory / 'estimator').mkdir(parents=True)
+    summary = experiment.summarize_seeds({0: fake_results(0, *accuracies),
+                                          1: fake_results(1, *accuracies)})
+    (directory / 'summary.json').write_text(json.dumps(summary))
+    configs = [{'name': f's{stem}', 'kind': 'random', 'channels': {'stem': stem},
+                'scratch_test_accuracy': scratch, 'heldout_batch_stats': score,
+                'heldout_calibrated': -score}
+               for (stem, scratch), score in zip(scratch_by_stem.items(), scores)]
+    (directory / 'estimator' / 'estimator.json').write_text(json.dumps(
+        {'seed': 0, 'configs': configs}))
+    return str(directory)
+
+  base = experiment_dir('base', ([0.9, 0.8], [0.85, 0.82]), {8: 0.5, 12: 0.6, 16: 0.7},
+                        [0.1, 0.3, 0.2])
+  # The variant's study adds its own searched net (stem 20): not in the base, not in its taus.
+  variant = experiment_dir('long', ([0.95, 0.84], [0.85, 0.82]),
+                           {8: 0.5, 12: 0.6, 16: 0.7, 20: 0.1}, [0.1, 0.2, 0.3, 0.9])
+  rows = experiment.compare_runs(base, {'long supernet': variant})
+  assert [r['name'] for r in rows] == ['base', 'long supernet']
+  assert rows[1]['targets'][0]['difference'] == pytest.approx(0.10)
+  assert rows[0]['taus']['batch_stats']['tau'] == pytest.approx(1 / 3)
+  assert rows[1]['taus']['configs'] == 3 and rows[1]['taus']['batch_stats']['tau'] == 1.0
+  table = plots.ablation_table(rows)
+  assert table.splitlines()[3].startswith('| long supernet | 95.00, +10.00 | 84.00, +2.00 | '
+                                          '+1.000 (p = ')
+  assert table.splitlines()[3].endswith('| -1.000 (p = 0.33) | 3 |')

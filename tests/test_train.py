@@ -175,6 +175,31 @@ def test_distillation_targets_carry_no_gradient_and_max_learns_labels(tiny_netwo
   np.testing.assert_allclose(loss(variables['params'], 0), want, rtol=2e-5)
 
 
+def test_without_inplace_distillation_every_member_learns_the_labels(tiny_network):
+  space = tiny_network.channel_space()
+  variables = tiny_network.init(jax.random.key(0))
+  module = tiny_network.supernet()
+  batch = _batch(tiny_network, 4)
+  configs = [space.as_arrays(space.max_config()), space.as_arrays(space.min_config())]
+
+  @jax.jit
+  def member_losses(params):
+    losses = {}
+    for distill in (True, False):
+      _, (losses[distill], *_) = steps.sandwich_loss(
+          params, variables['batch_stats'], module, batch['image'], batch['label'], configs,
+          tiny_network.num_classes, 0.1, inplace_distillation=distill)
+    min_logits = module.apply(variables, batch['image'], configs[1], train=True,
+                              mutable=['batch_stats'])[0]
+    return losses, min_logits
+
+  losses, min_logits = member_losses(variables['params'])
+  labels = optax.smooth_labels(jax.nn.one_hot(batch['label'], 10), 0.1)
+  np.testing.assert_allclose(losses[False][1],
+                             optax.softmax_cross_entropy(min_logits, labels).mean(), rtol=2e-5)
+  np.testing.assert_allclose(losses[False][0], losses[True][0], rtol=1e-6)  # the max: labels
+  assert abs(float(losses[False][1]) - float(losses[True][1])) > 1e-3  # the min: not the teacher
+
 def test_weight_decay_skips_depthwise_batchnorm_and_biases(tiny_network):
   variables = tiny_network.init(jax.random.key(0))
   mask = steps.weight_decay_mask(tiny_network, variables['params'])
