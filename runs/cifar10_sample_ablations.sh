@@ -9,9 +9,9 @@
 # Each variant is one experiment of the base's first seed in OUT/VARIANT: the same command with one
 # config override, whose estimator study scores the base study's configs with the variant's
 # supernet (--estimator_reference: their from-scratch accuracies do not depend on the supernet).
-# The uniform nets, and for search-only variants the supernet, do not depend on the setting: the
-# base run's finished ones are copied in and restored (deterministic on one machine: retraining
-# them gives the same nets). Variants (default: all, in this order):
+# For search-only variants the supernet does not depend on the setting: the base run's finished
+# one is copied in and restored. (The uniform nets are retrained: each matches its searched
+# net's MACs, so it changes with the search.) Variants (default: all, in this order):
 #   long_supernet    supernet 9 epochs instead of 3
 #   loss_score       the search keeps the candidate of least held-out loss, not most accuracy
 #   no_distillation  the sandwich's smaller members learn the labels, not the max net's outputs
@@ -43,12 +43,8 @@ for variant in "${VARIANTS[@]}"; do
             "sandwich_4 search_all_heldout" >&2; exit 2 ;;
   esac
   run_dir=$OUT/$variant/seed_$SEED
-  for target in "$BASE/seed_$SEED"/retrain/*/; do
-    name=$(basename "$target")
-    mkdir -p "$run_dir/retrain/$name"
-    [ -e "$run_dir/retrain/$name/uniform" ] || cp -r "$target/uniform" "$run_dir/retrain/$name/"
-  done
   if $reuse_supernet && [ ! -e "$run_dir/supernet" ]; then
+    mkdir -p "$run_dir"
     cp -r "$BASE/seed_$SEED/supernet" "$run_dir/"
   fi
   echo "== $variant: $override ($(date))"
