@@ -372,8 +372,8 @@ def shared_config_taus(base: Mapping[str, Any], report: Mapping[str, Any]) -> di
 
 def compare_runs(base_workdir: str, variants: Mapping[str, str]) -> list[dict[str, Any]]:
   """One row per experiment workdir (the base first, then each named variant): the first seed's
-  AutoSlim and uniform test accuracy per target, and the estimator's taus over the base study's
-  configs. Rows for ``plots.ablation_table``."""
+  supernet max-network held-out accuracy, AutoSlim and uniform test accuracy per target, and the
+  estimator's taus over the base study's configs. Rows for ``plots.ablation_table``."""
   base_report = files.read_json(os.path.join(base_workdir, ESTIMATOR_DIR, ESTIMATOR_FILE))
   rows = []
   for name, workdir in {'base': base_workdir, **variants}.items():
@@ -384,8 +384,10 @@ def compare_runs(base_workdir: str, variants: Mapping[str, str]) -> list[dict[st
                        f'compare runs of the base study\'s seed')
     index = summary['seeds'].index(seed)
     report_path = os.path.join(workdir, ESTIMATOR_DIR, ESTIMATOR_FILE)
+    # The max network's held-out accuracy in the supernet: how well the supernet trained.
+    first_step = search.read_trajectory(os.path.join(seed_workdir(workdir, seed), 'search'))[0]
     rows.append({
-        'name': name, 'seed': seed,
+        'name': name, 'seed': seed, 'supernet_max_heldout': first_step['heldout_accuracy'],
         'targets': [{'name': t['name'],
                      'autoslim': t['autoslim']['test_accuracy']['values'][index],
                      'uniform': t['uniform']['test_accuracy']['values'][index],

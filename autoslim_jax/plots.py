@@ -288,15 +288,17 @@ def estimator_table(report: Mapping[str, Any]) -> str:
 
 
 def ablation_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """Markdown of ``experiment.compare_runs``: per run, each target's AutoSlim test accuracy and
-  its difference from uniform width, then the supernet's Kendall taus."""
+  """Markdown of ``experiment.compare_runs``: per run, the supernet's max-network held-out
+  accuracy, each target's AutoSlim test accuracy and its difference from uniform width, then the
+  supernet's Kendall taus."""
   targets = [t['name'] for t in rows[0]['targets']]
-  header = (['run'] + [f'{t}: AutoSlim (%), vs uniform (points)' for t in targets]
+  header = (['run', 'supernet max held-out (%)']
+            + [f'{t}: AutoSlim (%), vs uniform (points)' for t in targets]
             + ['tau, batch stats', 'tau, calibrated', 'configs'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1))
            + '|']
   for row in rows:
-    cells = [row['name']]
+    cells = [row['name'], f'{100 * row["supernet_max_heldout"]:.2f}']
     cells += [f'{100 * t["autoslim"]:.2f}, {100 * t["difference"]:+.2f}' for t in row['targets']]
     taus = row['taus']
     cells += ([_tau(taus['batch_stats']), _tau(taus['calibrated']), str(taus['configs'])]

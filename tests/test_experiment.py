@@ -10,6 +10,7 @@ from autoslim_jax import defaults
 from autoslim_jax import experiment
 from autoslim_jax import plots
 from autoslim_jax import resources
+from autoslim_jax import search
 
 
 def fake_results(seed, autoslim_accuracies, uniform_accuracies):
@@ -171,6 +172,9 @@ def test_compare_runs_of_an_ablation(tmp_path):
                for (stem, scratch), score in zip(scratch_by_stem.items(), scores)]
     (directory / 'estimator' / 'estimator.json').write_text(json.dumps(
         {'seed': 0, 'configs': configs}))
+    (directory / 'seed_0' / 'search').mkdir(parents=True)
+    search.write_trajectory(str(directory / 'seed_0' / 'search'),
+                            [{'step': 0, 'heldout_accuracy': accuracies[0][0] / 2}])
     return str(directory)
 
   base = experiment_dir('base', ([0.9, 0.8], [0.85, 0.82]), {8: 0.5, 12: 0.6, 16: 0.7},
@@ -184,6 +188,6 @@ def test_compare_runs_of_an_ablation(tmp_path):
   assert rows[0]['taus']['batch_stats']['tau'] == pytest.approx(1 / 3)
   assert rows[1]['taus']['configs'] == 3 and rows[1]['taus']['batch_stats']['tau'] == 1.0
   table = plots.ablation_table(rows)
-  assert table.splitlines()[3].startswith('| long supernet | 95.00, +10.00 | 84.00, +2.00 | '
+  assert table.splitlines()[3].startswith('| long supernet | 47.50 | 95.00, +10.00 | 84.00, +2.00 | '
                                           '+1.000 (p = ')
   assert table.splitlines()[3].endswith('| -1.000 (p = 0.33) | 3 |')
