@@ -191,3 +191,17 @@ def test_compare_runs_of_an_ablation(tmp_path):
   assert table.splitlines()[3].startswith('| long supernet | 47.50 | 95.00, +10.00 | 84.00, +2.00 | '
                                           '+1.000 (p = ')
   assert table.splitlines()[3].endswith('| -1.000 (p = 0.33) | 3 |')
+
+
+def test_experiment_refuses_a_reference_of_another_recipe_before_training(tmp_path):
+  config = experiment.with_seed(defaults.get_default_config(), 0)
+  reference = tmp_path / 'estimator.json'
+  reference.write_text(json.dumps({'scratch_recipe': experiment.scratch_recipe(config),
+                                   'configs': []}))
+  config.retrain.label_smoothing = 0.2
+  with pytest.raises(ValueError, match=r'another recipe \(retrain.label_smoothing: 0.1 there, '
+                                       r'0.2 now\): its accuracies do not apply'):
+    experiment.run(config, str(tmp_path / 'w'), [0], reference=str(reference))
+  with pytest.raises(ValueError, match='--estimator_reference=.*missing.json: no such file'):
+    experiment.run(config, str(tmp_path / 'w'), [0], reference=str(tmp_path / 'missing.json'))
+  assert not (tmp_path / 'w').exists()  # refused before anything was written
