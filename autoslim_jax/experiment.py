@@ -16,6 +16,10 @@ the supernet rank networks as training them from scratch would?
    retrain recipe (the searched and uniform nets were already, in the seed's run). Kendall's tau
    between each supernet score and the from-scratch test accuracy, and a scatter plot:
    ``estimator.json``, ``estimator.md``, ``estimator.png``.
+3. **Ablations**: with ``--estimator_reference=BASE/estimator/estimator.json`` the study scores
+   the base study's configs with this run's supernet and reuses their from-scratch accuracies
+   (same seed, data and retrain recipe, checked); ``compare_runs`` tabulates a base and its
+   variants (``runs/cifar10_sample_ablations.sh``).
 
 Every run's command, versions, hardware and wall time go into ``W/summary.json``.
 """
