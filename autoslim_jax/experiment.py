@@ -270,10 +270,9 @@ def reference_entries(config: ml_collections.ConfigDict, reference: Mapping[str,
   changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
   if changed:
     raise ValueError('the reference estimator study trained its configs from scratch with '
-                     'another recipe (' + '; '.join(f'{k}: {theirs.get(k)!r} there, '
-                                                    f'{ours.get(k)!r} now' for k in changed[:5])
-                     + '): its accuracies do not apply; give a study of the same seed, model, '
-                     'data set, retrain and calibration settings')
+                     f'another recipe ({pipeline.describe_differences(theirs, ours, changed)}): '
+                     'its accuracies do not apply; give a study of the same seed, model, data '
+                     'set, retrain and calibration settings')
   entries = []
   for entry in reference['configs']:
     # The reference's searched nets are not this run's: a kind of their own in the plot.
@@ -282,6 +281,11 @@ def reference_entries(config: ml_collections.ConfigDict, reference: Mapping[str,
                     'channels': entry['channels'],
                     'scratch_test_accuracy': entry['scratch_test_accuracy']})
   return entries
+
+
+def config_key(channels: Mapping[str, int]) -> tuple:
+  """A hashable identity of a channel config (to find the same config in two studies)."""
+  return tuple(sorted(channels.items()))
 
 
 def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int,
@@ -320,7 +324,7 @@ def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int
   seen, unique = set(), []
   for entry in entries:  # a path config may be a searched one: score and train it once
     entry['channels'] = {k: int(v) for k, v in entry['channels'].items()}
-    key = tuple(sorted(entry['channels'].items()))
+    key = config_key(entry['channels'])
     if key not in seen:
       seen.add(key)
       unique.append(entry)
@@ -365,9 +369,8 @@ def estimator_quality(config: ml_collections.ConfigDict, workdir: str, seed: int
 def shared_config_taus(base: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
   """Kendall's taus of ``report``'s supernet scores over the configs it shares with the ``base``
   study (an ablation scores the base's configs: the same configs compare the two supernets)."""
-  key = lambda entry: tuple(sorted(entry['channels'].items()))
-  base_keys = {key(e) for e in base['configs']}
-  shared = [e for e in report['configs'] if key(e) in base_keys]
+  base_keys = {config_key(e['channels']) for e in base['configs']}
+  shared = [e for e in report['configs'] if config_key(e['channels']) in base_keys]
   scratch = [e['scratch_test_accuracy'] for e in shared]
   return {'configs': len(shared),
           'batch_stats': kendall([e['heldout_batch_stats'] for e in shared], scratch),
@@ -379,10 +382,10 @@ def compare_runs(base_workdir: str, variants: Mapping[str, str]) -> list[dict[st
   supernet max-network held-out accuracy, AutoSlim and uniform test accuracy per target, and the
   estimator's taus over the base study's configs. Rows for ``plots.ablation_table``."""
   base_report = files.read_json(os.path.join(base_workdir, ESTIMATOR_DIR, ESTIMATOR_FILE))
+  seed = base_report['seed']
   rows = []
   for name, workdir in {'base': base_workdir, **variants}.items():
     summary = files.read_json(os.path.join(workdir, SUMMARY_FILE))
-    seed = base_report['seed']
     if seed not in summary['seeds']:
       raise ValueError(f'{workdir} has no run of seed {seed} (seeds {summary["seeds"]}): '
                        f'compare runs of the base study\'s seed')

@@ -175,6 +175,13 @@ CONFIG_FILE = 'config.json'
 RERUN_KEYS = ('stages',)
 
 
+def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         keys: list[str]) -> str:
+  """``key: saved there, current now`` for the first five of ``keys`` (flattened configs)."""
+  return ('; '.join(f'{k}: {saved.get(k)!r} there, {current.get(k)!r} now' for k in keys[:5])
+          + ('; ...' if len(keys) > 5 else ''))
+
+
 def claim_workdir(config, workdir: str, overwrite: bool) -> None:
   """Records the config in ``workdir``; refuses a workdir written by another config (the
   outputs would mix two runs) unless ``overwrite``, which deletes them first."""
@@ -191,11 +198,9 @@ def claim_workdir(config, workdir: str, overwrite: bool) -> None:
                      and not (k not in saved and k in defaults_now
                               and current.get(k) == defaults_now[k]))
     if changed and not overwrite:
-      details = '; '.join(f'{k}: {saved.get(k)!r} there, {current.get(k)!r} now'
-                          for k in changed[:5])
-      raise ValueError(f'{workdir} holds the outputs of another config ({details}'
-                       f'{"; ..." if len(changed) > 5 else ""}); use a new --workdir, or '
-                       f'--overwrite to delete its outputs and start again')
+      raise ValueError(f'{workdir} holds the outputs of another config '
+                       f'({describe_differences(saved, current, changed)}); use a new '
+                       f'--workdir, or --overwrite to delete its outputs and start again')
     if changed:
       logging.warning('--overwrite: deleting the outputs in %s of another config (%s)',
                       workdir, ', '.join(changed))

@@ -146,12 +146,15 @@ def test_devices_draw_different_configs_and_the_same_again(tiny_network):
   assert tuple(int(v) for c in other_step for v in c.values()) != as_tuples[3]
 
 
+def _max_and_min_sandwich(network):
+  """(space, variables, supernet module, batch of 4, [max config, min config]) of ``network``."""
+  space = network.channel_space()
+  return (space, network.init(jax.random.key(0)), network.supernet(), _batch(network, 4),
+          [space.as_arrays(space.max_config()), space.as_arrays(space.min_config())])
+
+
 def test_distillation_targets_carry_no_gradient_and_max_learns_labels(tiny_network):
-  space = tiny_network.channel_space()
-  variables = tiny_network.init(jax.random.key(0))
-  module = tiny_network.supernet()
-  batch = _batch(tiny_network, 4)
-  configs = [space.as_arrays(space.max_config()), space.as_arrays(space.min_config())]
+  space, variables, module, batch, configs = _max_and_min_sandwich(tiny_network)
 
   def loss(params, which):
     total, (losses, *_) = steps.sandwich_loss(
@@ -176,11 +179,7 @@ def test_distillation_targets_carry_no_gradient_and_max_learns_labels(tiny_netwo
 
 
 def test_without_inplace_distillation_every_member_learns_the_labels(tiny_network):
-  space = tiny_network.channel_space()
-  variables = tiny_network.init(jax.random.key(0))
-  module = tiny_network.supernet()
-  batch = _batch(tiny_network, 4)
-  configs = [space.as_arrays(space.max_config()), space.as_arrays(space.min_config())]
+  _, variables, module, batch, configs = _max_and_min_sandwich(tiny_network)
 
   @jax.jit
   def member_losses(params):
