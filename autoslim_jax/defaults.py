@@ -29,15 +29,20 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.min_width = 0.15
 
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = 'imagenet2012'  # digits | npz | folder | cifar10 | imagenet2012 | tfds
+  # digits | npz | folder | cifar10 | imagenet2012 | any prepared tfds data set (input_pipeline)
+  config.dataset.name = 'imagenet2012'
   config.dataset.path = ''  # npz file or image folder
   config.dataset.data_dir = ''  # tfds data dir ('' = tfds' default, ~/tensorflow_datasets)
-  config.dataset.manual_dir = ''  # ImageNet's manual download ('' = tfds' default)
+  # ImageNet's manual download ('' = tfds' default), named in the prepare command it prints.
+  config.dataset.manual_dir = ''
   config.dataset.heldout_size = 50_000  # carved from the training data for the search
-  config.dataset.image_size = 224  # for data sets of encoded images (ImageNet, folders)
+  # 0: images of one size keep it (CIFAR, digits), images of many sizes (ImageNet, most
+  # folders) are cropped and resized to 224x224; N: images cropped and resized to NxN.
+  config.dataset.image_size = 0
   config.dataset.augmentation = 'inception'  # none | shift | crop_flip | inception
-  config.dataset.shuffle_buffer = 16_384  # examples per device (each device shuffles its shard)
-  config.dataset.cache = False  # keep the decoded training split in memory (small data sets)
+  # Processes that decode and augment batches (grain workers); 0: reader threads of this
+  # process, enough for arrays in memory (bench/bench_input.py measures what JPEGs need).
+  config.dataset.worker_processes = 0
 
   # Stage 1: the supernet (sandwich rule + inplace distillation).
   config.supernet = ml_collections.ConfigDict()
@@ -125,6 +130,7 @@ STAGES = ('supernet', 'search', 'retrain', 'export')
 # Numeric fields with a lower bound: key -> (bound, bound allowed).
 POSITIVE = {
     'groups': (2, True), 'min_width': (0, False), 'dataset.heldout_size': (1, True),
+    'dataset.image_size': (0, True), 'dataset.worker_processes': (0, True),
     'search.batch_size': (1, True), 'search.num_images': (0, True), 'search.chunk_size': (0, True),
     'calibration.num_images': (1, True), 'calibration.batch_size': (1, True),
     **{f'{stage}.{key}': bound for stage in ('supernet', 'retrain') for key, bound in (

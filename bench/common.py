@@ -76,10 +76,10 @@ def matmul_peak_flops(dtype='float32', size: int = 2048, repeats: int = 5) -> fl
   return 2 * size**3 / median(times)
 
 
-def append_results(lines: Sequence[str]) -> None:
-  """Prints result rows and appends them to bench/results.md (a markdown table)."""
+def append_results(lines: Sequence[str], path: str = RESULTS_FILE) -> None:
+  """Prints result rows and appends them to ``path`` (bench/results.md: a markdown table)."""
   print('\n'.join(lines))
-  with open(RESULTS_FILE, 'a') as f:
+  with open(path, 'a') as f:
     f.write('\n'.join(lines) + '\n')
 
 

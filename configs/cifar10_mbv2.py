@@ -26,8 +26,6 @@ def get_config():
   config.dataset.name = 'cifar10'
   config.dataset.heldout_size = 5_000  # the search's held-out split, carved from train
   config.dataset.augmentation = 'crop_flip'  # pad 4, random 32x32 crop, horizontal flip
-  config.dataset.shuffle_buffer = 45_000
-  config.dataset.cache = True
 
   # A modern CIFAR recipe (design.md, section 3): SGD nesterov 0.1 at batch 128, cosine decay,
   # weight decay 5e-4; 50 epochs for the supernet (the paper's 10-20% of a full schedule is too

@@ -38,8 +38,6 @@ def get_config():
   config.dataset.path = ''  # set by the experiment's --npz, or --config.dataset.path
   config.dataset.heldout_size = 660  # 4,000 training images remain
   config.dataset.augmentation = 'crop_flip'
-  config.dataset.shuffle_buffer = 4_000
-  config.dataset.cache = True
 
   config.supernet.batch_size = 64
   config.supernet.num_sandwich = 3  # max, min and one random: 3/4 of the paper's cost per step

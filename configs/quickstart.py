@@ -28,8 +28,6 @@ def get_config():
   config.dataset.name = 'digits'
   config.dataset.heldout_size = 200
   config.dataset.augmentation = 'shift'
-  config.dataset.shuffle_buffer = 1500
-  config.dataset.cache = True
 
   config.supernet.batch_size = 64
   config.supernet.num_sandwich = 3  # max, min and one random: a quicker compile than 4

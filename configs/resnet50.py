@@ -2,8 +2,10 @@ r"""ImageNet supernet: ResNet-50 at 1.0x max width, as in the paper (section 4).
 
 Command:  python -m autoslim_jax.main --config=configs/resnet50.py --workdir=gs://BUCKET/r50 \
             --config.dataset.data_dir=gs://BUCKET/tfds
-          ImageNet must be prepared by tfds once from its manual download
-          (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in config.dataset.manual_dir).
+          ImageNet must be prepared by tfds once, as array_record files, from its manual
+          download (README, Data): tfds build imagenet2012 --file_format=array_record ...
+          An ImageNet folder (train/CLASS/*.JPEG, val/CLASS/*.JPEG) works too:
+            --config.dataset.name=folder --config.dataset.path=PATH
           The published networks alone, without supernet and search:
             --config.retrain.published='("570M", "1G", "2G", "3G")' --config.stages=retrain,export
 Hardware: a TPU v3-32 / v4-32 pod slice or 8 A100/H100 GPUs (batch 2048 over the devices).

@@ -4,7 +4,7 @@
 
 Joins the run like ``python -m autoslim_jax.main --coordinator_address=...`` does, builds the
 quickstart config with the overrides (``key=value``), and writes this process's first epoch of
-training batches (no augmentation, to compare pixels) and its held-out evaluation batches.
+training batches and its held-out evaluation batches.
 """
 
 import ast
@@ -29,8 +29,8 @@ def main(out, coordinator, num_processes, process_id, *overrides):
   source = input_pipeline.create_source(config.dataset)
   cfg = config.supernet
   steps = input_pipeline.steps_per_epoch(source, cfg.batch_size)
-  train = input_pipeline.train_batches(source, cfg.batch_size, config.seed, 0, 'none',
-                                       config.dataset.shuffle_buffer, False)
+  train = input_pipeline.train_batches(source, cfg.batch_size, config.seed, 0,
+                                       config.dataset.augmentation)
   train_images = np.concatenate([next(train)['image'] for _ in range(steps)])
   heldout = list(input_pipeline.eval_batches(source, 'heldout', config.search.batch_size))
   np.savez(out, train_images=train_images,

@@ -72,12 +72,14 @@ def test_mistake_is_named_before_any_compilation(key, value, match, tmp_path):
   assert not os.path.exists(tmp_path / 'supernet')
 
 
-def test_missing_imagenet_manual_download_says_where_to_put_it(tmp_path):
+def test_unprepared_imagenet_gives_the_prepare_command(tmp_path):
   config = _config()
   config.dataset.update(dict(name='imagenet2012', data_dir=str(tmp_path / 'tfds'),
                              manual_dir=str(tmp_path / 'manual')))
-  _refused(config, tmp_path / 'w', r'put ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar .* in '
-                                   rf"'{tmp_path / 'manual'}' \(config.dataset.manual_dir\)")
+  _refused(config, tmp_path / 'w', r"imagenet2012 is not prepared .* tfds build imagenet2012 "
+                                   rf"--data_dir={tmp_path / 'tfds'} --file_format=array_record "
+                                   rf"--manual_dir={tmp_path / 'manual'} \(after putting "
+                                   r"ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar")
 
 
 def test_image_folder_with_an_unreadable_file_names_it(tmp_path):

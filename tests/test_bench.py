@@ -1,14 +1,14 @@
-"""The benchmarks' comparison is fair: the PyTorch slicing implementation computes the same
-network as the masked JAX supernet (same weights, same logits at any config)."""
+"""The benchmarks run, and their comparison is fair: the PyTorch slicing implementation computes
+the same network as the masked JAX supernet (same weights, same logits at any config)."""
 
 import os
+import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, command_env
 
-torch = pytest.importorskip('torch')
 sys.path.insert(0, os.path.join(REPO, 'bench'))
 import bench_supernet_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -16,6 +16,7 @@ from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-imp
 
 
 def test_torch_slicing_network_computes_the_masked_jax_network():
+  torch = pytest.importorskip('torch')
   network = models.create_network('mobilenet_v2', layout='cifar', width_mult=0.5, image_size=8)
   space = network.channel_space()
   model = bench_supernet_step.torch_model(network, 'cifar', 'cpu')
@@ -27,3 +28,14 @@ def test_torch_slicing_network_computes_the_masked_jax_network():
   original = model.forward
   model.forward = lambda x, config, update_stats=False: original(x, wrong, update_stats)
   assert bench_supernet_step.torch_logits_match(network, model, configs[:1], 'cpu') > 0.1
+
+
+def test_input_benchmark_smoke_run(tmp_path):
+  """bench/bench_input.py at tiny sizes: every style and set-up runs and records its row."""
+  results = tmp_path / 'results.md'
+  subprocess.run([sys.executable, os.path.join('bench', 'bench_input.py'), '--smoke',
+                  f'--results={results}'], cwd=REPO, env=command_env(), check=True,
+                 capture_output=True, timeout=300)
+  rows = results.read_text().splitlines()
+  assert len(rows) == 6 and all('images/s' in r for r in rows)
+  assert sum('ImageNet-style' in r and 'worker processes' in r for r in rows) == 1

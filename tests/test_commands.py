@@ -84,8 +84,30 @@ def staged_quickstart(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('quickstart') / 'quick'
   first = run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}',
               '--config.stages=supernet,search')
-  run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}')
+  run_listing_modules('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}',
+                      out=workdir.parent / 'modules.txt')
   return workdir, first
+
+
+def run_listing_modules(*args, out):
+  """``python -m *args`` as ``run`` does, writing the names of the modules imported by its
+  exit to ``out``."""
+  code = ('import atexit, runpy, sys; out = sys.argv.pop(); atexit.register(lambda: open(out, '
+          '"w").write("\\n".join(sorted(sys.modules)))); '
+          f'runpy.run_module({args[0]!r}, run_name="__main__", alter_sys=True)')
+  result = subprocess.run([sys.executable, '-c', code, *args[1:], str(out)], cwd=REPO,
+                          env=command_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_pipeline_imports_no_tensorflow(staged_quickstart):
+  """The retraining, export and report stages of the quickstart, run as a command, never
+  import TensorFlow (a JAX accelerator image has none)."""
+  workdir, _ = staged_quickstart
+  modules = (workdir.parent / 'modules.txt').read_text().split()
+  assert 'autoslim_jax.input_pipeline' in modules and 'grain' in modules
+  assert not [m for m in modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')]
 
 
 def test_main_quickstart_stages_then_resume(staged_quickstart):

@@ -11,6 +11,7 @@ from autoslim_jax import defaults
 from autoslim_jax import input_pipeline
 from autoslim_jax import pipeline
 from autoslim_jax import train
+from conftest import read_scalars
 
 
 def _config(steps=4):
@@ -18,8 +19,7 @@ def _config(steps=4):
   config.model = 'mobilenet_v1'  # what these tests check is the loop; its 14 layers compile fast
   config.model_kwargs.update(dict(layout='cifar', width_mult=0.35, image_size=8, in_channels=1,
                                   num_classes=10))
-  config.dataset.update(dict(name='digits', heldout_size=64, augmentation='shift',
-                             shuffle_buffer=1500, cache=True))
+  config.dataset.update(dict(name='digits', heldout_size=64, augmentation='shift'))
   config.supernet.update(dict(batch_size=32, num_sandwich=2, base_learning_rate=0.05,
                               base_batch_size=32, schedule='cosine', eval_batch_size=64,
                               log_every_steps=2, eval_every_steps=0, checkpoint_every_steps=100))
@@ -45,8 +45,22 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, caplog):
   for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats)),
                   jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-  # TensorBoard events and the checkpoints are in the workdir
-  assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path / 'straight'))
+  # TensorBoard scalars in the workdir: the training metrics at each log (every 2 steps) and the
+  # held-out evaluation at the end; the resumed run's two event files hold the same.
+  scalars = read_scalars(tmp_path / 'straight')
+  trained = {'loss', 'loss_max', 'loss_min', 'max_accuracy', 'min_accuracy', 'learning_rate',
+             'images_per_second', 'eta_minutes', 'epoch'}
+  evaluated = {'heldout_accuracy_max', 'heldout_accuracy_min', 'heldout_loss_max',
+               'heldout_loss_min'}
+  assert set(scalars) == trained | evaluated
+  assert all(set(scalars[name]) == {2, 4} for name in trained)
+  assert all(set(scalars[name]) == {4} for name in evaluated)
+  assert scalars['epoch'] == pytest.approx({2: 2 / 44, 4: 4 / 44})
+  assert scalars['eta_minutes'][4] == 0 and scalars['images_per_second'][2] > 0
+  assert 0 <= scalars['heldout_accuracy_max'][4] <= 1 and scalars['heldout_loss_max'][4] > 0
+  resumed_scalars = read_scalars(tmp_path / 'resumed')
+  for name in ('loss_max', 'loss_min', 'heldout_accuracy_max', 'heldout_loss_min'):
+    assert resumed_scalars[name] == pytest.approx(scalars[name], rel=1e-5), name
   assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['2', '4']
   # a finished run restores instead of training again
   again = _train(config, tmp_path / 'straight')
