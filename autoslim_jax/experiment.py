@@ -491,4 +491,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=main_lib.parse_flags)

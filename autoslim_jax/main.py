@@ -8,9 +8,12 @@ On several hosts (a TPU pod slice, a GPU cluster) run the same command on every 
 one folder every host sees (a gs:// bucket, NFS).
 """
 
+import glob
 import logging as std_logging
+import os
+import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -18,6 +21,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from autoslim_jax import defaults
 from autoslim_jax import parallel
 from autoslim_jax import pipeline
 
@@ -36,6 +40,52 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_addre
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
+
+
+# --config=FILE (or --config FILE) and --config.KEY=VALUE overrides, as ml_collections reads them.
+_CONFIG_FILE = re.compile(r'-{1,2}config(=|$)')
+_OVERRIDE = re.compile(r'-{1,2}(?:no)?config\.([^=]+)')
+# The configs of this repository, listed when --config names a file that does not exist.
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def check_config_file(path: str) -> None:
+  if not os.path.isfile(path):
+    known = sorted(os.path.relpath(name) for name in glob.glob(os.path.join(CONFIGS, '*.py')))
+    listing = f'; the configs are: {", ".join(known)}' if known else ''
+    raise ValueError(f'config file {path} does not exist{listing}')
+
+
+def check_override(key: str) -> None:
+  """Refuses --config.KEY when no config has KEY (model_kwargs' keys are the model's)."""
+  tree = node = {}
+  for part in key.split('.'):
+    node = node.setdefault(part, {})
+  defaults._check_keys(tree, defaults.get_default_config(), '')  # pylint: disable=protected-access
+
+
+def check_config_arguments(argv: Sequence[str]) -> None:
+  """Refuses a --config file that does not exist and an override of a key that does not
+  exist: ml_collections would end the command in a 30-line traceback for either."""
+  for i, arg in enumerate(argv[1:], 1):
+    if _CONFIG_FILE.match(arg):
+      paths = [arg.split('=', 1)[1]] if '=' in arg else argv[i + 1:i + 2]  # --config FILE
+      for path in paths:
+        check_config_file(path.split(':', 1)[0])  # FILE:ARGUMENT passes ARGUMENT to get_config
+    override = _OVERRIDE.match(arg)
+    if override:
+      check_override(override.group(1))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, after check_config_arguments: a slip in --config ends the command in
+  one line on stderr, status 2 (every command that takes --config runs with it)."""
+  try:
+    check_config_arguments(argv)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  return app.parse_flags_with_usage(argv)
 
 
 class _QuietLibraries:
@@ -97,4 +147,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -16,12 +16,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import evaluate
 from autoslim_jax import files
 from autoslim_jax import input_pipeline
+from autoslim_jax import metrics as metrics_lib
 from autoslim_jax import parallel
 from autoslim_jax import steps
 from autoslim_jax.models.base import Network
@@ -158,12 +158,11 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
   logging.info('%s: %d steps (%.2f epochs of %d steps, batch %d on %d devices), from step '
                '%d', name, total_steps, cfg.num_epochs, steps_per_epoch, cfg.batch_size,
                jax.device_count(), start_step)
+  metrics_lib.log_parameters(name, state.params)
   train_step = make_step(schedule)
   batches = input_pipeline.train_batches(
-      source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation,
-      config.dataset.shuffle_buffer, config.dataset.cache)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+      source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation)
+  writer = metrics_lib.MetricWriter(workdir)
 
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
@@ -202,6 +201,6 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
       if step == stop_after_step:
         break
   finally:
-    writer.flush()
+    writer.close()
     checkpoints.close()
   return state

@@ -26,8 +26,9 @@ Actions:
             file per worker), stream worker 0's log here, copy the logs to the bucket;
             --delete-after then deletes the VM. Ctrl-C stops only the streaming: the run goes on.
   logs      stream a worker's log (--worker, default 0) until its run ends
-  prepare   prepare a tfds data set once into gs://BUCKET/tfds from worker 0 (do this before a
-            pod-slice run: otherwise every worker would try to prepare it at the same time)
+  prepare   prepare a tfds data set once into gs://BUCKET/tfds from worker 0, as array_record
+            files (installs TensorFlow there for this: the runs never import it). Do this before
+            any run: the pipeline reads prepared data only
   delete    delete the TPU VM (outputs in the bucket stay)
 
 Options:
@@ -419,7 +420,9 @@ run() {
 prepare() {
   up
   local build
-  build="cd $REMOTE_REPO && $REMOTE_VENV/bin/tfds build $(quote "$DATASET") --data_dir=$(quote "$BUCKET/tfds")"
+  # Preparing needs TensorFlow (the prepare extra), once; the runs read the array_record files
+  # with tfds.data_source and never import it.
+  build="cd $REMOTE_REPO && $REMOTE_VENV/bin/pip install -q -e \".[tpu,prepare]\" && $REMOTE_VENV/bin/tfds build $(quote "$DATASET") --data_dir=$(quote "$BUCKET/tfds") --file_format=array_record"
   if [[ $DATASET == imagenet2012* ]]; then
     build+=" --manual_dir=$(quote "${MANUAL_DIR:-$BUCKET/manual}")"
   fi

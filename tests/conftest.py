@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+# TensorBoard's reader of event files (before the XLA set-up below: it imports no jax).
+from tensorboard.backend.event_processing import event_accumulator
+
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
@@ -49,6 +52,16 @@ def run(*args, check=True):
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
+
+
+def read_scalars(logdir) -> dict[str, dict[int, float]]:
+  """The scalars of the TensorBoard event files in ``logdir`` (name -> {step: value}), read by
+  TensorBoard's own reader, as TensorBoard and the Colab notebook read them."""
+  events = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.SCALARS: 0})
+  events.Reload()
+  return {tag: {event.step: event.value for event in events.Scalars(tag)}
+          for tag in events.Tags()['scalars']}
 
 
 @pytest.fixture(scope='session')

@@ -12,7 +12,7 @@ from autoslim_jax import defaults
 from autoslim_jax import models
 from autoslim_jax import pipeline
 from autoslim_jax import published
-from conftest import backend_compiles
+from conftest import backend_compiles, run
 
 def _config():
   """A valid small run on the embedded digits (as the quickstart)."""
@@ -140,3 +140,32 @@ def test_channel_list_of_another_model_is_refused():
   config.stages = 'retrain,export'
   _refused(config, '/nonexistent/never/written', 'the published AutoSlim-resnet50 570M does not '
            r'fit the configured network .*entry 53 is the number of classes')
+
+
+# The commonest command-line slips, through the commands (experiment takes main's flags): one
+# line on stderr and status 2, before anything compiles or writes.
+SLIPS = [
+    ('autoslim_jax.main', '--config.supernet.batchsize=512',
+     "error: unknown config key supernet.'batchsize' (did you mean supernet.'batch_size'?); "),
+    ('autoslim_jax.experiment', '--config.sed=1',
+     "error: unknown config key 'sed' (did you mean 'seed'?); "),
+]
+
+
+@pytest.mark.parametrize('command,override,message', SLIPS, ids=[s[1] for s in SLIPS])
+def test_misspelled_override_ends_in_one_line(command, override, message, tmp_path):
+  result = run(command, '--config=configs/quickstart.py', override, f'--workdir={tmp_path}/w',
+               check=False)
+  assert result.returncode == 2
+  assert result.stderr.startswith(message) and result.stderr.count('\n') == 1, result.stderr
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_missing_config_file_ends_in_one_line_naming_the_configs(tmp_path):
+  result = run('autoslim_jax.main', '--config=configs/nope.py', f'--workdir={tmp_path}/w',
+               check=False)
+  assert result.returncode == 2
+  assert result.stderr.startswith('error: config file configs/nope.py does not exist; the '
+                                  'configs are: configs/cifar10_mbv1.py, ')
+  assert 'configs/quickstart.py' in result.stderr and result.stderr.count('\n') == 1
+  assert not os.path.exists(tmp_path / 'w')

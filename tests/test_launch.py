@@ -136,7 +136,9 @@ def test_tpu_clone_from_repo_and_other_actions():
                             '--dry-run']).stdout)
   build = _flag(prepare[-1], '--command')
   assert _flag(prepare[-1], '--worker') == '0'
-  assert 'tfds build imagenet2012 --data_dir=gs://my-bucket/tfds' in build
+  assert 'pip install -q -e ".[tpu,prepare]"' in build
+  assert ('tfds build imagenet2012 --data_dir=gs://my-bucket/tfds --file_format=array_record'
+          in build)
   assert '--manual_dir=gs://my-bucket/manual' in build
 
 
