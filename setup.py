@@ -47,7 +47,10 @@ EXTRAS_REQUIRE = {
     # The PyTorch comparison of bench/bench_supernet_step.py (the CPU build verified here; on a
     # GPU install the CUDA build of your choice).
     'bench': ['torch>=2.13.0'],
-    'tpu': ['jax[tpu]>=0.10.2'],
+    # gs:// workdirs and data dirs without TensorFlow (which used to serve them): gcsfs for
+    # etils.epath (every file of a run), google-cloud-storage for tensorboardX's event files.
+    'gcs': ['etils[epath-gcs]>=1.15.0', 'google-cloud-storage>=2.0'],
+    'tpu': ['jax[tpu]>=0.10.2', 'etils[epath-gcs]>=1.15.0', 'google-cloud-storage>=2.0'],
     # Today's CUDA builds of jax are for CUDA 13 (gpu) and CUDA 12 (gpu-cuda12).
     'gpu': ['jax[cuda13]>=0.10.2'],
     'gpu-cuda12': ['jax[cuda12]>=0.10.2'],
