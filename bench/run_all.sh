@@ -14,3 +14,4 @@ python bench/bench_search.py
 python bench/bench_supernet_step.py
 python bench/bench_checkpoint.py
 python bench/bench_resources.py
+python bench/bench_input.py
