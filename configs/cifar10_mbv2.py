@@ -1,8 +1,9 @@
 r"""CIFAR-10 supernet: the paper's CIFAR MobileNet v2 (88M MACs at 1.0x) at 1.5x max width.
 
 Command:  python -m autoslim_jax.main --config=configs/cifar10_mbv2.py --workdir=WORKDIR
-          (add --config.dataset.data_dir=gs://BUCKET/tfds on a Cloud TPU VM; tfds downloads
-          CIFAR-10 once. For arrays of your own: --config.dataset.name=npz
+          (add --config.dataset.data_dir=gs://BUCKET/tfds on a Cloud TPU VM. CIFAR-10 must be
+          prepared once: tfds build cifar10 --file_format=array_record (README, Data). For
+          arrays of your own: --config.dataset.name=npz
           --config.dataset.path=FILE.npz with x_train, y_train, x_test, y_test.)
 Hardware: one GPU or a TPU v3-8/v4-8 (batch 256 splits over 1, 2, 4 or 8 devices). Not for a
   CPU: an epoch of the 1.5x supernet takes tens of minutes on 2 cores.
