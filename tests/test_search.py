@@ -54,7 +54,9 @@ def setting(tiny_network):
   images = rng.integers(0, 256, (HELDOUT + 64, 8, 8, 3)).astype(np.uint8)
   arrays = {'x_train': images, 'y_train': np.zeros(len(images), np.int64),
             'x_test': images[:8], 'y_test': np.zeros(8, np.int64)}
-  source = input_pipeline.array_source('random', arrays, HELDOUT, (0.5,) * 3, (0.25,) * 3)
+  data_config = defaults.get_default_config().dataset
+  data_config.heldout_size = HELDOUT
+  source = input_pipeline.array_source('random', arrays, data_config)
   batch = next(input_pipeline.eval_batches(source, 'heldout', HELDOUT))
   space = tiny_network.channel_space()
   # As the search will see them: BatchNorm over each of the 8 devices' shards of the batch.
@@ -62,12 +64,9 @@ def setting(tiny_network):
   logits = np.concatenate([evaluate.logits_with_batch_stats(
       tiny_network.supernet(), variables, shard, space.as_arrays(space.max_config()))
                            for shard in shards])
-  # The batch holds device d's shard (examples d, d + 8, ...) in its d-th part.
-  order = np.concatenate([np.arange(HELDOUT)[d::jax.device_count()]
-                          for d in range(jax.device_count())])
-  arrays['y_train'][order] = np.argmax(logits, -1)
-  source = input_pipeline.array_source('random', arrays, HELDOUT, (0.5,) * 3, (0.25,) * 3)
-  return variables, source
+  # The batch holds the held-out examples in order (device d: the d-th slice).
+  arrays['y_train'][:HELDOUT] = np.argmax(logits, -1)
+  return variables, input_pipeline.array_source('random', arrays, data_config)
 
 
 def _kwargs(network):
