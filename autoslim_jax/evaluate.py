@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import parallel
@@ -36,29 +35,35 @@ def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[s
           'count': jnp.sum(mask)}
 
 
-def _make_summing_step(logits_fn, module: nn.Module, mesh: Mesh):
-  """(variables, batch, config) -> metrics summed over the devices' shards of the batch."""
+def _make_summing_step(logits_fn, module: nn.Module):
+  """(variables, global batch, config) -> metrics summed over the batch.
 
-  def per_device(variables, batch, config):
+  A global computation, jitted over arrays split on the mesh's data axis: XLA adds the
+  cross-device sums, so every BatchNorm in batch-statistics mode normalises with the statistics
+  of the whole global batch, whatever the number of devices (design.md, section 2).
+  """
+
+  def step(variables, batch, config):
     logits = logits_fn(module, variables, batch['image'], config)
-    sums = masked_sums(logits, batch['label'], batch['mask'])
-    return jax.tree_util.tree_map(lambda x: jax.lax.psum(x, parallel.DATA_AXIS), sums)
+    return masked_sums(logits, batch['label'], batch['mask'])
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
-                               out_specs=P()))
+  return jax.jit(step)
 
 
-def make_batch_stats_eval_step(module: nn.Module, mesh: Mesh):
-  """(variables, batch, config) -> summed metrics; BatchNorm uses each device's batch."""
-  return _make_summing_step(logits_with_batch_stats, module, mesh)
+def make_batch_stats_eval_step(module: nn.Module, mesh: Mesh | None = None):
+  """(variables, batch, config) -> summed metrics; BatchNorm uses the global batch's
+  statistics (the search's and the supernet's held-out evaluation)."""
+  del mesh  # the batch's sharding places the computation
+  return _make_summing_step(logits_with_batch_stats, module)
 
 
 def evaluate_config(eval_step, variables, batches: Iterable[Mapping[str, np.ndarray]],
                     config: Mapping[str, jax.Array], mesh: Mesh) -> dict[str, float]:
   """Exact held-out (or test) accuracy and loss of one config over every batch."""
   totals = None
+  parallel.settle(variables)  # e.g. a training step still running
   for batch in batches:
-    sums = eval_step(variables, parallel.shard_batch(batch, mesh), config)
+    sums = parallel.settle(eval_step(variables, parallel.shard_batch(batch, mesh), config))
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals['count'])
@@ -72,27 +77,30 @@ def logits_with_running_averages(module: nn.Module, variables: Mapping, images: 
   return module.apply(variables, images, config, train=False)
 
 
-def make_eval_step(module: nn.Module, mesh: Mesh):
+def make_eval_step(module: nn.Module, mesh: Mesh | None = None):
   """(variables, batch, config) -> summed metrics with BatchNorm's running averages."""
-  return _make_summing_step(logits_with_running_averages, module, mesh)
+  del mesh
+  return _make_summing_step(logits_with_running_averages, module)
 
 
 def batch_statistics(module: nn.Module, variables: Mapping, images: jax.Array,
                      config: Mapping[str, jax.Array] | None) -> dict:
-  """Every BatchNorm layer's mean and (biased) variance over ``images``, as a batch_stats tree.
+  """Every BatchNorm layer's mean and (biased) variance of its input over ``images`` (the
+  global batch: XLA reduces over the devices), as a batch_stats tree.
 
   Read off the BatchNorm inputs directly rather than from the momentum-updated running averages,
-  so calibration does not depend on (or need to invert) any layer's momentum.
+  so calibration does not depend on (or need to invert) any layer's momentum. The variance is
+  the mean of squared deviations from the batch mean (two passes on the device: no cancellation).
   """
   captured = {}
 
   def capture(next_fun, args, kwargs, context):
     if isinstance(context.module, nn.BatchNorm) and context.method_name == '__call__':
-      x = args[0].astype(jnp.float32)
+      x = args[0].astype(jnp.float32 if args[0].dtype != jnp.float64 else jnp.float64)
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x, axes)
       captured[tuple(context.module.path)] = {
-          'mean': mean, 'var': jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)}
+          'mean': mean, 'var': jnp.mean(jnp.square(x - mean), axes)}
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(capture):
@@ -101,54 +109,69 @@ def batch_statistics(module: nn.Module, variables: Mapping, images: jax.Array,
       {path + (name,): value for path, stats in captured.items() for name, value in stats.items()})
 
 
-def make_calibration_step(module: nn.Module, mesh: Mesh):
-  """(variables, batch, config) -> batch statistics averaged over the devices' shards."""
-
-  def per_device(variables, batch, config):
-    stats = batch_statistics(module, variables, batch['image'], config)
-    return jax.lax.pmean(stats, parallel.DATA_AXIS)
-
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
-                               out_specs=P()))
+def make_calibration_step(module: nn.Module, mesh: Mesh | None = None):
+  """(variables, global batch, config) -> every BatchNorm input's batch mean and variance."""
+  del mesh
+  return jax.jit(lambda variables, batch, config: batch_statistics(module, variables,
+                                                                   batch['image'], config))
 
 
 def calibrate_batch_stats(calibration_step, variables: Mapping,
                           batches: Iterable[Mapping[str, np.ndarray]],
                           config: Mapping[str, jax.Array] | None, mesh: Mesh) -> dict:
-  """Fresh BatchNorm statistics for ``config``: the exact average of every batch's statistics.
+  """Fresh BatchNorm statistics for ``config``: each layer input's population mean and variance
+  over every calibration image (design.md, section 2).
 
-  design.md, section 2: reset, then a cumulative (not momentum) average over N training images.
-  Every batch (and every device's shard) has the same size, so the plain mean is exact.
+  The sums of x and x^2 over all N images and all devices, from each global batch's mean m_b
+  and variance v_b (E_b[x^2] = v_b + m_b^2), accumulated in float64 on the host: mean = E[x],
+  var = E[x^2] - E[x]^2. Every batch has the same size, so these are the exact averages.
+
+  While the statistics are gathered, each layer normalises its input with the statistics of the
+  current global batch (calibration.batch_size images over all devices), as in training, not
+  with the partial population statistics of earlier batches: with a batch of a few hundred
+  images the two differ by the sampling error of the batch (measured in runs/calibration.md).
   """
-  total, count = None, 0
+  sums, count = {}, 0  # (layer path, 'mean' | 'square') -> float64 sum over batches
+  parallel.settle(variables)
   for batch in batches:
-    stats = calibration_step(variables, parallel.shard_batch(batch, mesh), config)
-    total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+    stats = flax.traverse_util.flatten_dict(jax.device_get(
+        calibration_step(variables, parallel.shard_batch(batch, mesh), config)))
+    for key, value in stats.items():
+      if key[-1] == 'mean':
+        mean = value.astype(np.float64)
+        square = stats[key[:-1] + ('var',)].astype(np.float64) + np.square(mean)
+        for name, moment in (('mean', mean), ('square', square)):
+          sums[key[:-1], name] = sums.get((key[:-1], name), 0.0) + moment
     count += 1
-  if total is None:
+  if not count:
     raise ValueError('BatchNorm calibration got no batches')
-  return jax.device_get(jax.tree_util.tree_map(lambda x: x / count, total))
+  like = flax.traverse_util.flatten_dict(jax.device_get(variables['batch_stats']))
+  population = {}
+  for (layer, name), total in sums.items():
+    if name == 'mean':
+      mean = total / count
+      variance = np.maximum(sums[layer, 'square'] / count - np.square(mean), 0.0)
+      population[layer + ('mean',)] = mean.astype(like[layer + ('mean',)].dtype)
+      population[layer + ('var',)] = variance.astype(like[layer + ('var',)].dtype)
+  return flax.traverse_util.unflatten_dict(population)
 
 
-def make_candidate_scorer(module: nn.Module, mesh: Mesh):
-  """(variables, sharded batch, chunk of configs) -> per-candidate sums over the batch.
+def make_candidate_scorer(module: nn.Module, mesh: Mesh | None = None):
+  """(variables, global batch, chunk of configs) -> per-candidate sums over the batch.
 
   The configs are a dict unit -> int array (chunk,): the network is vmapped over them, so a chunk
-  costs one call; BatchNorm normalises each candidate by its own batch statistics.
+  costs one call; BatchNorm normalises each candidate by the statistics of the whole global
+  batch (a global computation, as ``make_batch_stats_eval_step``).
   """
+  del mesh
 
-  def per_device(variables, batch, configs):
+  def score(variables, batch, configs):
     def one_candidate(config):
       logits = logits_with_batch_stats(module, variables, batch['image'], config)
       return masked_sums(logits, batch['label'], batch['mask'])
+    return jax.vmap(one_candidate)(configs)
 
-    sums = jax.vmap(one_candidate)(configs)
-    return jax.tree_util.tree_map(lambda x: x[None], sums)
-
-  # Per-device sums, added up by the caller: no collective inside the vmapped program (on
-  # XLA:CPU with many fake devices an all-reduce there can starve the shared thread pool).
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
-                               out_specs=P(parallel.DATA_AXIS)))
+  return jax.jit(score)
 
 
 def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]],
@@ -165,14 +188,14 @@ def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]]
       {name: jnp.asarray(part[:, i], jnp.int32) for i, name in enumerate(space.unit_names)}, mesh)
             for part in np.split(matrix, len(matrix) // chunk_size)]
   totals = [None] * len(chunks)
+  parallel.settle(variables)
   for batch in batches:
     sharded = parallel.shard_batch(batch, mesh)
     for i, chunk in enumerate(chunks):
-      sums = scorer(variables, sharded, chunk)
+      sums = parallel.settle(scorer(variables, sharded, chunk))
       totals[i] = sums if totals[i] is None else jax.tree_util.tree_map(jnp.add, totals[i], sums)
-  totals = parallel.to_host(totals)  # per device: (devices, chunk) each
-  stacked = {key: np.concatenate([np.sum(t[key], 0) for t in totals])[:len(configs)]
-             for key in totals[0]}
+  totals = jax.device_get(totals)  # replicated: (chunk,) each
+  stacked = {key: np.concatenate([t[key] for t in totals])[:len(configs)] for key in totals[0]}
   return [{'accuracy': float(correct) / float(count), 'loss': float(loss) / float(count),
            'correct': int(round(float(correct))), 'count': int(round(float(count)))}
           for correct, loss, count in zip(stacked['correct'], stacked['loss'], stacked['count'])]

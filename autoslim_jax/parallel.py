@@ -50,6 +50,19 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
           for k, v in batch.items()}
 
 
+def settle(tree):
+  """``tree`` once computed, on XLA:CPU with several (fake) devices; as it is elsewhere.
+
+  There each device's program runs on one shared thread pool, and two programs with
+  collectives in flight at once can deadlock it (seen with the evaluation's BatchNorm
+  all-reduces: 7 of 8 devices waiting for an 8th that never gets a thread). Waiting for every
+  such program before the next one starts avoids it; accelerators keep dispatching ahead.
+  """
+  if jax.default_backend() == 'cpu' and jax.device_count() > 1:
+    jax.block_until_ready(tree)
+  return tree
+
+
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 

@@ -3,6 +3,8 @@
 import json
 import os
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -59,11 +61,9 @@ def setting(tiny_network):
   source = input_pipeline.array_source('random', arrays, data_config)
   batch = next(input_pipeline.eval_batches(source, 'heldout', HELDOUT))
   space = tiny_network.channel_space()
-  # As the search will see them: BatchNorm over each of the 8 devices' shards of the batch.
-  shards = np.split(batch['image'], jax.device_count())
-  logits = np.concatenate([evaluate.logits_with_batch_stats(
-      tiny_network.supernet(), variables, shard, space.as_arrays(space.max_config()))
-                           for shard in shards])
+  # As the search will see them: BatchNorm over the whole global batch, whatever the devices.
+  logits = evaluate.logits_with_batch_stats(tiny_network.supernet(), variables, batch['image'],
+                                            space.as_arrays(space.max_config()))
   # The batch holds the held-out examples in order (device d: the d-th slice).
   arrays['y_train'][:HELDOUT] = np.argmax(logits, -1)
   return variables, input_pipeline.array_source('random', arrays, data_config)
@@ -211,30 +211,49 @@ def test_search_refuses_a_workdir_searched_with_other_settings(tiny_network, set
                       variables, source)
 
 
-def test_calibration_is_the_exact_average_of_batch_statistics(tiny_network, tiny_variables):
+def test_calibration_gives_the_population_statistics_of_every_layer_input(tiny_network,
+                                                                         tiny_variables):
+  """Calibrated statistics are numpy's mean and variance of each BatchNorm input over all N
+  images: for the stem, of the conv of the images computed directly; for every layer, of its
+  inputs captured batch by batch (each global batch normalised by its own statistics)."""
   mesh = parallel.make_mesh()
   space = tiny_network.channel_space()
   module = tiny_network.supernet()
   config = space.as_arrays(tiny_network.uniform_config(0.35))
   rng = np.random.default_rng(1)
-  batches = [{'image': rng.normal(size=(64, 8, 8, 3)).astype(np.float32),
+  # Batches of different means: the population variance includes the spread between them.
+  batches = [{'image': rng.normal(shift, 2.0, size=(64, 8, 8, 3)).astype(np.float32),
               'label': np.zeros(64, np.int64), 'mask': np.ones(64, np.float32)}
-             for _ in range(2)]
+             for shift in (0.0, 1.0, 3.0)]
   calibrated = evaluate.calibrate_batch_stats(evaluate.make_calibration_step(module, mesh),
                                               tiny_variables, batches, config, mesh)
-  # Independently: Flax's own running-average update from zero statistics with momentum 0.9
-  # leaves 0.1 x the batch statistics; average those over the 2 batches x 8 device shards.
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, tiny_variables['batch_stats'])
-  shards = []
+  images = np.concatenate([b['image'] for b in batches]).astype(np.float64)
+  kernel = np.asarray(tiny_variables['params']['stem']['conv']['kernel'], np.float64)
+  stem = np.asarray(jax.lax.conv_general_dilated(
+      images, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision='highest'))
+  np.testing.assert_allclose(calibrated['stem']['bn']['mean'], stem.mean((0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(calibrated['stem']['bn']['var'], stem.var((0, 1, 2)), rtol=1e-4)
+
+  inputs = {}
+
+  def capture(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      inputs.setdefault(tuple(context.module.path), []).append(np.asarray(args[0], np.float64))
+    return next_fun(*args, **kwargs)
+
   for batch in batches:
-    for device in range(8):
-      images = batch['image'][8 * device:8 * device + 8]
-      _, state = module.apply({'params': tiny_variables['params'], 'batch_stats': zeros},
-                              images, config, train=True, mutable=['batch_stats'])
-      shards.append(jax.tree_util.tree_map(lambda x: x / 0.1, state['batch_stats']))
-  expected = jax.tree_util.tree_map(lambda *xs: sum(xs) / len(xs), *shards)
-  for got, want in zip(jax.tree_util.tree_leaves(calibrated), jax.tree_util.tree_leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with nn.intercept_methods(capture):
+      module.apply(tiny_variables, batch['image'], config, train=True, mutable=['batch_stats'])
+  flat = flax.traverse_util.flatten_dict(calibrated)
+  assert len(inputs) * 2 == len(flat)
+  for path, captured in inputs.items():
+    x = np.concatenate(captured)
+    np.testing.assert_allclose(flat[path + ('mean',)], x.mean((0, 1, 2)), rtol=1e-4, atol=1e-5,
+                               err_msg=str(path))
+    np.testing.assert_allclose(flat[path + ('var',)], x.var((0, 1, 2)), rtol=1e-3, atol=1e-5,
+                               err_msg=str(path))
 
 
 def test_uniform_baseline_width_is_the_closest_within_budget(tiny_network):
