@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import flax
 import flax.linen as nn
@@ -19,7 +21,7 @@ from autoslim_jax import parallel
 from autoslim_jax import resources
 from autoslim_jax import retrain
 from autoslim_jax import search
-from conftest import backend_compiles
+from conftest import REPO, backend_compiles, command_env
 
 # Blocks with a residual connection: with their projection zeroed, their expansion width cannot
 # change the network's output, so the greedy search must slim those units first.
@@ -269,3 +271,31 @@ def test_uniform_baseline_width_is_the_closest_within_budget(tiny_network):
     assert abs(macs_of(with_room) - searched) <= abs(macs_of(width) - searched)
   with pytest.raises(ValueError, match='no uniform'):
     retrain.uniform_width_for_macs(tiny_network, 10)
+
+
+def test_search_and_calibration_are_the_same_on_1_and_8_devices(tmp_path):
+  """The BatchNorm batch is the global batch whatever the device count: in float64 the greedy
+  search takes the same steps with the same held-out scores, and calibration gives the same
+  statistics, on 1 device and on 8."""
+  results = {}
+  for devices in (1, 8):
+    env = dict(command_env(), JAX_ENABLE_X64='1',
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    out = tmp_path / f'{devices}.json'
+    subprocess.run([sys.executable, os.path.join('tests', 'search_on_devices.py'),
+                    str(tmp_path / f'search{devices}'), str(out)], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=600)
+    results[devices] = json.loads(out.read_text())
+  one, eight = results[1], results[8]
+  assert (one['devices'], eight['devices']) == (1, 8)
+  assert len(one['steps']) >= 3
+  assert [s[0] for s in one['steps']] == [s[0] for s in eight['steps']]
+  assert [s[1] for s in one['steps']] == [s[1] for s in eight['steps']]  # accuracies
+  # Losses: the networks return float32 logits, so they agree to float32 rounding.
+  np.testing.assert_allclose([s[2] for s in one['steps']], [s[2] for s in eight['steps']],
+                             rtol=1e-6)
+  assert one['target'] == eight['target']
+  assert one['calibrated'].keys() == eight['calibrated'].keys()
+  for key, value in one['calibrated'].items():
+    np.testing.assert_allclose(eight['calibrated'][key], value, rtol=1e-9, atol=1e-12,
+                               err_msg=key)
