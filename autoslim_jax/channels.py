@@ -61,9 +61,23 @@ def unit_choices(max_channels: int, groups: int, k_min: int, divisor: int) -> tu
 
 
 def min_group_index(groups: int, min_ratio: float) -> int:
-  """k_min: the fewest groups whose width reaches ``min_ratio`` of the max width."""
-  # The epsilon keeps 12 * 0.1 = 1.2000000000000002 from rounding up past the intended 2.
-  return int(min(groups, max(1, math.ceil(groups * min_ratio - 1e-9))))
+  """k_min = ``groups * min_ratio``, which must be a whole number: the narrowest choice is then
+  exactly the min width (design.md, section 2: 10 groups for 0.15x-1.5x give k_min = 1).
+
+  A pair that does not agree is refused rather than rounded: 12 groups with 0.15x / 1.5x would
+  make k_min 1.2, and rounding it up trained a narrowest width of 0.25x, not 0.15x.
+  """
+  k_min = groups * min_ratio
+  if abs(k_min - round(k_min)) > 1e-6 or round(k_min) < 1:
+    fits = [g for g in range(2, 41) if abs(g * min_ratio - round(g * min_ratio)) < 1e-6
+            and round(g * min_ratio) >= 1][:4]
+    raise ValueError(
+        f'{groups} channel groups and a min width of {min_ratio:g} of the max width disagree: '
+        f'the narrowest choice would be {k_min:g} groups, not a whole number. Choose groups '
+        f'and min_width with groups * min_width / max width whole'
+        + (f' (for this ratio: groups {", ".join(map(str, fits))}, ...)' if fits else '')
+        + f', or min_width = k / {groups} x max width for k = 1..{groups}')
+  return int(round(k_min))
 
 
 class ChannelSpace:
@@ -77,7 +91,7 @@ class ChannelSpace:
     divisor: channel counts are rounded to multiples of this.
   """
 
-  def __init__(self, max_widths: Mapping[str, int], groups: int = 12, min_ratio: float = 0.1,
+  def __init__(self, max_widths: Mapping[str, int], groups: int = 10, min_ratio: float = 0.1,
                divisor: int = 8):
     if groups < 1:
       raise ValueError(f'groups must be >= 1, got {groups}')

@@ -24,8 +24,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict(dict(layout='imagenet', width_mult=1.5))
 
   # Channel groups per unit (G) and the narrowest width, as a multiplier of the 1.0x network:
-  # k_min = ceil(G * min_width / max width), 2 of 12 for 0.15x in a 1.5x supernet.
-  config.groups = 12
+  # k_min = G * min_width / max width must be whole (the narrowest choice is exactly min_width):
+  # the paper's 10 groups for 0.15x-1.5x give k_min = 1.
+  config.groups = 10
   config.min_width = 0.15
 
   config.dataset = ml_collections.ConfigDict()

@@ -128,10 +128,20 @@ def write_trajectory(directory: str, trajectory: Sequence[Mapping[str, Any]]) ->
   files.write_atomic(os.path.join(directory, TRAJECTORY_FILE), text.encode())
 
 
+BATCHNORM_SEMANTICS = 'global batch, any device count'
+
+
 def search_settings(config: ml_collections.ConfigDict, targets: Sequence[Target]) -> dict:
-  """What decides the trajectory; a workdir searched with other settings is refused."""
+  """What decides the trajectory; a workdir searched with other settings is refused.
+
+  The device count is not among them: every candidate is scored with the global batch's
+  BatchNorm statistics, so a search resumed on another topology continues identically (to float
+  rounding; tests/test_search.py). ``batchnorm`` names that semantics, so a search begun with
+  per-device statistics (before 2026-11-29) is refused rather than continued in another regime.
+  """
   cfg = config.search
-  return {'model': config.model, 'model_kwargs': config.model_kwargs.to_dict(),
+  return {'batchnorm': BATCHNORM_SEMANTICS,
+          'model': config.model, 'model_kwargs': config.model_kwargs.to_dict(),
           'groups': config.groups, 'min_width': config.min_width, 'seed': config.seed,
           'score': cfg.score, 'num_images': cfg.num_images, 'batch_size': cfg.batch_size,
           'targets': [dataclasses.asdict(t) for t in targets]}

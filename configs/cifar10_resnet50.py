@@ -24,6 +24,7 @@ def get_config():
   config = cifar10_mbv2.get_config()
   config.model = 'resnet50'
   config.model_kwargs.width_mult = 1.0
+  config.groups = 20  # k_min = 3: the narrowest width exactly 0.15x (10 groups: k_min 1.5)
   # ResNet-50's supernet is the 1.0x network itself (paper), so the budgets are narrower widths.
   config.search.targets.macs_of_width = (0.75, 0.5, 0.25)
   return config

@@ -31,8 +31,8 @@ def get_config():
   config = defaults.get_default_config()
   config.model_kwargs.layout = 'cifar'
   config.model_kwargs.width_mult = MAX_WIDTH
-  config.min_width = round(0.1 * MAX_WIDTH, 4)  # the paper's min / max width ratio, 0.15 / 1.5
-  config.groups = 4  # coarser than the paper's 12: a quarter of the greedy steps
+  config.groups = 4  # coarser than the paper's 10: fewer greedy steps
+  config.min_width = MAX_WIDTH / 4  # k_min = 1 of 4 groups (what 0.1 x MAX_WIDTH rounded to)
 
   config.dataset.name = 'npz'
   config.dataset.path = ''  # set by the experiment's --npz, or --config.dataset.path

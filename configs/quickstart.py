@@ -23,7 +23,8 @@ def get_config():
   config.model_kwargs.image_size = 8
   config.model_kwargs.in_channels = 1
   config.model_kwargs.num_classes = 10
-  config.groups = 6  # coarser than the paper's 12: half the greedy steps
+  config.groups = 6  # coarser than the paper's 10: fewer greedy steps
+  config.min_width = 0.5 * 2 / 6  # k_min = 2 of 6 groups: the narrowest width 0.1667x
 
   config.dataset.name = 'digits'
   config.dataset.heldout_size = 200

@@ -46,6 +46,7 @@ MISTAKES = [
      r"unknown config key supernet.'batchsize' \(did you mean supernet.'batch_size'\?\)"),
     ('serch', 1, r"unknown config key 'serch' \(did you mean 'search'\?\)"),
     ('min_width', 0.6, r'min_width 0.6 must be in \(0, max width 0.5\]'),  # range inverted
+    ('min_width', 0.12, r'10 channel groups and a min width of 0.24 of the max width disagree'),
     ('groups', 1, r'config.groups is 1; valid: >= 2'),
     ('supernet.batch_size', 12, r'supernet.batch_size 12 is not divisible by the 8 devices'),
     ('search.batch_size', 100, r'search.batch_size 100 is not divisible by the 8 devices'),
@@ -137,6 +138,7 @@ def test_channel_list_of_another_model_is_refused():
   config.model_kwargs = ml_collections.ConfigDict(dict(layout="cifar", image_size=8,
                                                                 in_channels=1))
   config.retrain.published = ('570M',)
+  config.groups = 20  # k_min = 3 for 0.15x of ResNet-50's 1.0x
   config.stages = 'retrain,export'
   _refused(config, '/nonexistent/never/written', 'the published AutoSlim-resnet50 570M does not '
            r'fit the configured network .*entry 53 is the number of classes')

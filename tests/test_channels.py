@@ -15,13 +15,17 @@ def test_make_divisible_matches_mobilenet_rounding(value, expected):
 
 
 def test_k_min_from_min_width():
-  assert channels.min_group_index(12, 0.15 / 1.5) == 2
-  assert channels.min_group_index(10, 0.1) == 1
+  assert channels.min_group_index(10, 0.15 / 1.5) == 1
+  assert channels.min_group_index(20, 0.15) == 3
   assert channels.min_group_index(12, 1.0) == 12
+  # The narrowest choice must be exactly the min width: 12 groups cannot give 0.15x of 1.5x.
+  with pytest.raises(ValueError, match=r'12 channel groups and a min width of 0.1 of the max '
+                     r'width disagree: the narrowest choice would be 1.2 groups.*groups 10, 20'):
+    channels.min_group_index(12, 0.15 / 1.5)
 
 
 def test_choices_are_group_multiples_capped_at_max():
-  space = ChannelSpace({'a': 48, 'b': 20, 'c': 1920}, groups=12, min_ratio=0.1)
+  space = ChannelSpace({'a': 48, 'b': 20, 'c': 1920}, groups=12, min_ratio=2 / 12)
   assert space['a'].choices == (8, 16, 24, 32, 40, 48)
   assert space['b'].choices[-1] == 20 and max(space['b'].choices) == 20
   assert space['c'].choices == tuple(160 * k for k in range(2, 13))
@@ -55,7 +59,7 @@ def test_json_round_trip_is_stable_and_readable():
 
 
 def test_sampling_is_jittable_uniform_and_within_choices():
-  space = ChannelSpace({'a': 48, 'b': 96, 'c': 16}, groups=12, min_ratio=0.1)
+  space = ChannelSpace({'a': 48, 'b': 96, 'c': 16}, groups=12, min_ratio=2 / 12)
   sample = jax.jit(jax.vmap(space.sample))
   drawn = sample(jax.random.split(jax.random.key(0), 6000))
   for unit in space.units:

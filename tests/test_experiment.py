@@ -90,7 +90,7 @@ def test_experiment_refuses_what_it_cannot_compare():
 
 
 def test_random_configs_spread_over_the_macs_range(tiny_network):
-  space = tiny_network.channel_space(6, 0.1)
+  space = tiny_network.channel_space(6, 1 / 6)
   macs_of = lambda c: resources.ResourceModel(tiny_network)(c)['macs']
   low, high = macs_of(space.min_config()), macs_of(space.max_config())
   configs = experiment.random_configs(tiny_network, space, low, high, 5, seed=0)

@@ -13,6 +13,7 @@ def test_joint_retraining_trains_every_searched_config_and_calibrates_each(tmp_p
   config = defaults.get_default_config()
   config.model_kwargs.update(dict(layout='cifar', width_mult=0.35, image_size=8, in_channels=1,
                                   num_classes=10))
+  config.min_width = 0.175  # k_min = 5 of 10 groups (0.175 / 0.35 x 10)
   config.dataset.update(dict(name='digits', heldout_size=64, augmentation='none'))
   config.retrain.update(dict(mode='joint', batch_size=32, num_epochs=2 / 45,
                              base_learning_rate=0.02, base_batch_size=32, log_every_steps=1,

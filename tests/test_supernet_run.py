@@ -19,6 +19,7 @@ def _config(steps=4):
   config.model = 'mobilenet_v1'  # what these tests check is the loop; its 14 layers compile fast
   config.model_kwargs.update(dict(layout='cifar', width_mult=0.35, image_size=8, in_channels=1,
                                   num_classes=10))
+  config.min_width = 0.175  # k_min = 5 of 10 groups (0.175 / 0.35 x 10)
   config.dataset.update(dict(name='digits', heldout_size=64, augmentation='shift'))
   config.supernet.update(dict(batch_size=32, num_sandwich=2, base_learning_rate=0.05,
                               base_batch_size=32, schedule='cosine', eval_batch_size=64,

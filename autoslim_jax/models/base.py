@@ -114,7 +114,7 @@ class Network:
     """A plain network whose layers have exactly ``config``'s channels."""
     return self.build(self.channel_space().validate(config))
 
-  def channel_space(self, groups: int = 12, min_ratio: float = 0.1, divisor: int = 8
+  def channel_space(self, groups: int = 10, min_ratio: float = 0.1, divisor: int = 8
                     ) -> channels_lib.ChannelSpace:
     return channels_lib.ChannelSpace(self.max_widths, groups, min_ratio, divisor)
 
