@@ -1,9 +1,10 @@
-"""Retraining the searched configs from scratch, and the uniform baseline of the same MACs.
+"""Retraining the searched configs from scratch, and the uniform baseline at the same budget.
 
 ``individual`` mode trains every searched config as a physically slim network (plain layers, no
-masks) with the ``retrain`` recipe, and beside it the uniform width-multiplier network whose MACs
-are closest to it without exceeding the target's budget (the width found by bisection), so every
-target has a baseline trained the same way. ``joint`` mode trains one slimmable network over the
+masks) with the ``retrain`` recipe, and beside it the uniform width-multiplier network whose value
+of the target's metric (MACs, params, memory or measured latency) is closest to the searched
+net's without exceeding the target's budget (the width found by bisection), so every target has
+a baseline trained the same way. ``joint`` mode trains one slimmable network over the
 searched configs together (the largest learns from the labels, the others by inplace
 distillation), and one over the uniform configs as its baseline.
 
@@ -13,7 +14,7 @@ Every run lives in its own folder under ``workdir`` and resumes from its checkpo
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -28,30 +29,39 @@ from autoslim_jax.models.base import Network
 FAMILIES = ('autoslim', 'uniform')
 
 
-def uniform_width_for_macs(network: Network, macs: float, budget: float | None = None,
-                           iterations: int = 40) -> float:
-  """The width multiplier whose uniform network's MACs are closest to ``macs``, never above
-  ``budget`` (default: ``macs``).
+def uniform_width_for(network: Network, metric: str, value: float, budget: float | None = None,
+                      measure: Callable[[Mapping[str, int]], float] | None = None,
+                      iterations: int = 40) -> float:
+  """The width multiplier whose uniform network's ``metric`` (macs, params, memory, or
+  latency_ms through ``measure``) is closest to ``value``, never above ``budget`` (default:
+  ``value``).
 
-  MACs grow with the width in steps (channels are rounded to multiples of 8): bisection finds
-  the widest width at or under ``macs`` and the narrowest above it; the latter wins only if it
-  is closer and still within the budget.
+  The metric grows with the width in steps (channels are rounded to multiples of 8): bisection
+  finds the widest width at or under ``value`` and the narrowest above it; the latter wins only
+  if it is closer and still within the budget.
   """
-  budget = macs if budget is None else budget
-  resource_model = resources_lib.ResourceModel(network)
-  macs_of = lambda width: resource_model(network.uniform_config(width))['macs']
+  budget = value if budget is None else budget
+  if metric == 'latency_ms':
+    if measure is None:
+      raise ValueError('a latency baseline needs a latency measurement')
+    metric_of = lambda width: measure(network.uniform_config(width))
+  else:
+    resource_model = resources_lib.ResourceModel(network)
+    metric_of = lambda width: resource_model(network.uniform_config(width))[metric]
   low, high = 1e-3, network.max_width_mult
-  if macs_of(low) > macs:
-    raise ValueError(f'no uniform {network.name} has at most {macs:g} MACs (the narrowest has '
-                     f'{macs_of(low):g})')
-  if macs_of(high) <= macs:
+  if metric_of(low) > value:
+    raise ValueError(f'no uniform {network.name} has {metric} at most {value:g} (the narrowest '
+                     f'has {metric_of(low):g})')
+  if metric_of(high) <= value:
     return high
   for _ in range(iterations):
     middle = (low + high) / 2
-    low, high = (middle, high) if macs_of(middle) <= macs else (low, middle)
-  best = high if macs_of(high) <= budget and macs_of(high) - macs < macs - macs_of(low) else low
+    low, high = (middle, high) if metric_of(middle) <= value else (low, middle)
+  high_value, low_value = metric_of(high), metric_of(low)
+  best = high if high_value <= budget and high_value - value < value - low_value else low
   readable = round(best, 4)  # a width a person can type, when it builds the same network
-  return readable if macs_of(readable) == macs_of(best) else best
+  same = network.uniform_config(readable) == network.uniform_config(best)
+  return readable if same else best
 
 
 def slim_step_factory(module, network: Network, cfg: ml_collections.ConfigDict, mesh,
@@ -93,10 +103,27 @@ def train_joint(config: ml_collections.ConfigDict, workdir: str, network: Networ
                    source, None, stop_after_step, restore_only)
 
 
-def baseline_for(network: Network, target: Mapping[str, Any]) -> dict[str, Any]:
-  """The uniform baseline of a searched target record: width and channels."""
-  budget = target['value'] if target['metric'] == 'macs' else target['macs']
-  width = uniform_width_for_macs(network, target['macs'], budget)
+# Bisection steps for a measured latency baseline: each one times a network (about a second).
+LATENCY_BISECTION_STEPS = 12
+
+
+def baseline_for(network: Network, target: Mapping[str, Any],
+                 measure_latency: Callable[[Mapping[str, int]], float] | None = None
+                 ) -> dict[str, Any]:
+  """The uniform baseline of a searched target record (width and channels): the uniform net
+  whose value of the target's own metric is closest to the searched net's, within the budget.
+
+  A latency target's baseline is measured once, by the search (``uniform_baseline`` in its
+  record: another measurement could pick another width); the others are computed here.
+  """
+  if 'uniform_baseline' in target:
+    return target['uniform_baseline']
+  metric = target['metric']
+  if metric == 'latency_ms' and measure_latency is None:
+    raise ValueError(f'the latency target {target["name"]} has no measured uniform baseline in '
+                     'its search record; search again to measure it')
+  width = uniform_width_for(network, metric, target[metric], target['value'], measure_latency,
+                            LATENCY_BISECTION_STEPS if metric == 'latency_ms' else 40)
   return {'width_mult': width, 'channels': network.uniform_config(width)}
 
 

@@ -31,6 +31,7 @@ from autoslim_jax import files
 from autoslim_jax import input_pipeline
 from autoslim_jax import parallel
 from autoslim_jax import plots
+from autoslim_jax import retrain
 from autoslim_jax import resources as resources_lib
 from autoslim_jax.models.base import Network
 
@@ -251,12 +252,18 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network
 
   if trajectory[-1]['step'] == stop_after_step and not (targets and reached_all(trajectory)):
     return {'complete': False, 'steps': len(trajectory) - 1}
-  return finish_search(workdir, network, trajectory, targets)
+  return finish_search(workdir, network, trajectory, targets, latency_fn)
 
 
 def finish_search(workdir: str, network: Network, trajectory: Sequence[Mapping[str, Any]],
-                  targets: Sequence[Target]) -> dict[str, Any]:
-  """Writes each target's record, the trajectory plot and the summary (completion marker)."""
+                  targets: Sequence[Target],
+                  latency_fn: Callable[[Mapping[str, int]], float] | None = None
+                  ) -> dict[str, Any]:
+  """Writes each target's record, the trajectory plot and the summary (completion marker).
+
+  A latency target's record also gets its uniform baseline (``uniform_baseline``), measured
+  here once: retraining and the report read it rather than measure again.
+  """
   records = []
   for target in targets:
     index = first_under(trajectory, target)
@@ -265,6 +272,8 @@ def finish_search(workdir: str, network: Network, trajectory: Sequence[Mapping[s
                                                                           'seconds')}}
     if network.official_layout is not None:
       record['channel_num_list'] = network.config_to_list(record['channels'])
+    if target.metric == 'latency_ms':
+      record['uniform_baseline'] = retrain.baseline_for(network, record, latency_fn)
     records.append(record)
     files.write_atomic(os.path.join(workdir, 'targets', f'{target.name}.json'),
                         json.dumps(record, indent=1).encode())

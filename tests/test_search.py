@@ -262,15 +262,35 @@ def test_uniform_baseline_width_is_the_closest_within_budget(tiny_network):
   model = resources.ResourceModel(tiny_network)
   macs_of = lambda width: model(tiny_network.uniform_config(width))['macs']
   for searched in (0.6 * macs_of(0.5), 0.3 * macs_of(0.5)):
-    width = retrain.uniform_width_for_macs(tiny_network, searched)
+    width = retrain.uniform_width_for(tiny_network, 'macs', searched)
     assert macs_of(width) <= searched
     # No width between it and the max gives MACs closer to (and not above) the searched net's.
     for other in np.linspace(width, 0.5, 40):
       assert macs_of(other) > searched or macs_of(other) <= macs_of(width)
-    with_room = retrain.uniform_width_for_macs(tiny_network, searched, budget=2 * searched)
+    with_room = retrain.uniform_width_for(tiny_network, 'macs', searched, budget=2 * searched)
     assert abs(macs_of(with_room) - searched) <= abs(macs_of(width) - searched)
   with pytest.raises(ValueError, match='no uniform'):
-    retrain.uniform_width_for_macs(tiny_network, 10)
+    retrain.uniform_width_for(tiny_network, 'macs', 10)
+
+
+def test_params_target_baseline_is_matched_on_params(tiny_network):
+  """A params target's uniform baseline: params at or under the target, the closest such
+  width (not the one matching the searched net's MACs)."""
+  model = resources.ResourceModel(tiny_network)
+  of = lambda width: model(tiny_network.uniform_config(width))
+  searched = tiny_network.channel_space().sample(jax.random.key(3))
+  searched = {k: int(v) for k, v in searched.items()}
+  record = {'name': 'params_x', 'metric': 'params', 'value': of(0.4)['params'], **model(searched)}
+  baseline = retrain.baseline_for(tiny_network, record)
+  params = of(baseline['width_mult'])['params']
+  assert params <= record['value']
+  widths = np.linspace(0.01, 0.5, 400)
+  within = [of(w)['params'] for w in widths if of(w)['params'] <= record['value']]
+  best = min(within, key=lambda p: abs(p - record['params']))
+  assert abs(params - record['params']) <= abs(best - record['params'])
+  # Matched on MACs instead, the width would differ.
+  macs_width = retrain.uniform_width_for(tiny_network, 'macs', record['macs'], record['macs'])
+  assert of(macs_width)['params'] != params
 
 
 def test_search_and_calibration_are_the_same_on_1_and_8_devices(tmp_path):
