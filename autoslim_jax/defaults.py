@@ -86,7 +86,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.search.score = 'accuracy'  # accuracy (ties broken by loss) | loss
   config.search.batch_size = 2048  # also the BatchNorm batch (batch-statistics mode)
   config.search.num_images = 0  # 0 = the whole held-out split; N = its first N images
-  config.search.chunk_size = 0  # candidates per vmapped call; 0 = all of a step, 1 = one by one
+  # Candidates per vmapped call; 0 = as many as fit in a device's memory (all of a step on a
+  # CPU), 1 = one by one. The scores are the same.
+  config.search.chunk_size = 0
   config.search.measure_latency = False  # also without latency targets (always with them)
   config.search.latency_warmup = 5
   config.search.latency_repeats = 20

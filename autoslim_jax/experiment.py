@@ -227,7 +227,8 @@ def supernet_scores(config: ml_collections.ConfigDict, network, space, variables
                                              config.search.num_images or None))
   batch_stats = evaluate.score_configs(
       evaluate.make_candidate_scorer(supernet, mesh), parallel.replicate(variables, mesh),
-      heldout, configs, space, config.search.chunk_size or len(configs), mesh)
+      heldout, configs, space, config.search.chunk_size or search.automatic_chunk_size(
+          network, config.search.batch_size, len(configs)), mesh)
   evaluator = pipeline.Evaluator(config, source)
   scores = []
   for channels, scored in zip(configs, batch_stats):

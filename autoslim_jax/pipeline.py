@@ -162,6 +162,8 @@ def check_before_compiling(config, network, space, source) -> None:
               'calibration.batch_size', 'retrain.batch_size', 'retrain.eval_batch_size'):
     section, field = key.split('.')
     parallel.check_batch_size(config[section][field], key)
+  if not config.search.chunk_size:  # automatic: refused now if one candidate cannot fit
+    search.automatic_chunk_size(network, config.search.batch_size, len(space.units))
   targets = search.parse_targets(config.search.targets, network)
   counted = [t for t in targets if t.metric in resources_lib.RESOURCES]
   if counted and not config.retrain.published:

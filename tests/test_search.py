@@ -319,3 +319,16 @@ def test_search_and_calibration_are_the_same_on_1_and_8_devices(tmp_path):
   for key, value in one['calibrated'].items():
     np.testing.assert_allclose(eight['calibrated'][key], value, rtol=1e-9, atol=1e-12,
                                err_msg=key)
+
+
+def test_automatic_chunk_size_fits_the_device_memory_or_refuses(tiny_network):
+  """search.chunk_size 0: as many candidates as fit in a device's memory; on a CPU (no memory
+  figure) all of a step; refused with what would fit when not even one does."""
+  assert search.automatic_chunk_size(tiny_network, 2048, 25) == 25  # CPU: host memory
+  largest = max(l.out_channels * l.out_height * l.out_width for l in tiny_network.layers)
+  one = search.CANDIDATE_MEMORY_FACTOR * 256 * largest * 4 / search.USABLE_MEMORY
+  assert search.automatic_chunk_size(tiny_network, 2048, 25, int(3.5 * one), 8) == 3
+  assert search.automatic_chunk_size(tiny_network, 2048, 25, int(100 * one), 8) == 25
+  with pytest.raises(ValueError, match=r'search.batch_size 2048 on 1 device\(s\): one candidate '
+                     r'needs about .* GiB.*use search.batch_size <= 102[34] or more devices'):
+    search.automatic_chunk_size(tiny_network, 2048, 25, int(4 * one), 1)
