@@ -156,18 +156,28 @@ def calibrate_batch_stats(calibration_step, variables: Mapping,
   return flax.traverse_util.unflatten_dict(population)
 
 
-def make_candidate_scorer(module: nn.Module, mesh: Mesh | None = None):
+def normalized(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """uint8 images as the input pipeline normalises them (``input_pipeline.normalize``)."""
+  return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
+      std, jnp.float32)
+
+
+def make_candidate_scorer(module: nn.Module, mesh: Mesh | None = None,
+                          mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
   """(variables, global batch, chunk of configs) -> per-candidate sums over the batch.
 
   The configs are a dict unit -> int array (chunk,): the network is vmapped over them, so a chunk
   costs one call; BatchNorm normalises each candidate by the statistics of the whole global
-  batch (a global computation, as ``make_batch_stats_eval_step``).
+  batch (a global computation, as ``make_batch_stats_eval_step``). With ``mean`` and ``std`` the
+  batches hold stored (uint8) images, normalised here on the device.
   """
   del mesh
 
   def score(variables, batch, configs):
+    images = batch['image'] if mean is None else normalized(batch['image'], mean, std)
+
     def one_candidate(config):
-      logits = logits_with_batch_stats(module, variables, batch['image'], config)
+      logits = logits_with_batch_stats(module, variables, images, config)
       return masked_sums(logits, batch['label'], batch['mask'])
     return jax.vmap(one_candidate)(configs)
 

@@ -224,9 +224,10 @@ def supernet_scores(config: ml_collections.ConfigDict, network, space, variables
   mesh = parallel.make_mesh()
   supernet = network.supernet()
   heldout = list(input_pipeline.eval_batches(source, 'heldout', config.search.batch_size,
-                                             config.search.num_images or None))
+                                             config.search.num_images or None, keep_dtype=True))
   batch_stats = evaluate.score_configs(
-      evaluate.make_candidate_scorer(supernet, mesh), parallel.replicate(variables, mesh),
+      evaluate.make_candidate_scorer(supernet, mesh, source.mean, source.std),
+      parallel.replicate(variables, mesh),
       heldout, configs, space, config.search.chunk_size or search.automatic_chunk_size(
           network, config.search.batch_size, len(configs)), mesh)
   evaluator = pipeline.Evaluator(config, source)

@@ -490,18 +490,20 @@ class TrainTransform:
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-  """The central crop (images of many sizes), normalized; no randomness."""
+  """The central crop (images of many sizes), normalized unless ``keep_dtype``; no randomness."""
   source_shape: tuple[int, int, int]
   mean: tuple[float, ...]
   std: tuple[float, ...]
   resize: bool
+  keep_dtype: bool = False
 
   def __call__(self, example):
     image = example['image']
     if self.resize:
       image = resized_crop(image, center_crop_box(*image.shape[:2]), self.source_shape[:2])
-    return {'image': normalize(image, self.mean, self.std),
-            'label': np.int32(example['label'])}
+    if not self.keep_dtype:
+      image = normalize(image, self.mean, self.std)
+    return {'image': image, 'label': np.int32(example['label'])}
 
 
 # Batches.
@@ -578,9 +580,14 @@ def train_batches(source: DataSource, global_batch_size: int, seed: int, start_s
 
 
 def eval_batches(source: DataSource, split: str, global_batch_size: int,
-                 max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 max_examples: int | None = None, keep_dtype: bool = False
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """Every example of ``split`` (or its first ``max_examples``) exactly once, in order, in
   global batches of one size.
+
+  ``keep_dtype`` leaves the images as stored (uint8, a quarter of float32's bytes) for batches
+  kept on the host, such as the search's held-out split, to be normalised on the device
+  (``evaluate.normalized``).
 
   The last batch is filled up with examples from the split's start whose ``mask`` is 0: real
   images, so that BatchNorm in batch-statistics mode sees a normal batch, but not counted.
@@ -592,7 +599,7 @@ def eval_batches(source: DataSource, split: str, global_batch_size: int,
   if size < 1:
     raise ValueError(f'{source.name}: the {split} split is empty')
   examples = grain.MapDataset.source(source.splits[split]).map(
-      EvalTransform(source.image_shape, source.mean, source.std, source.resize))
+      EvalTransform(source.image_shape, source.mean, source.std, source.resize, keep_dtype))
   num_batches = -(-size // global_batch_size)
   return process_batches(examples, global_batch_size, num_batches, size=size,
                          worker_processes=source.worker_processes)
