@@ -147,13 +147,15 @@ def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
 def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
                            draw_configs: Callable[[jax.Array, jax.Array], list],
                            member_names: Sequence[str], mesh: Mesh, schedule: optax.Schedule,
-                           fused: bool = True, donate: bool = True):
+                           fused: bool = True, donate: bool = True,
+                           inplace_distillation: bool = True):
   """The jitted data-parallel step: (state, sharded batch) -> (state, metrics).
 
   ``draw_configs(step, device)`` gives the configs one device trains at one step, the teacher
   first; ``member_names`` name them in the metrics (``loss_<name>``, ``<name>_accuracy`` of the
-  first two). ``fused``: see ``sandwich_loss``; ``donate``: the input state's buffers are reused
-  for the output (the caller must not read the state it passed in).
+  first two). ``fused`` and ``inplace_distillation``: see ``sandwich_loss`` (joint retraining
+  always distils; the supernet reads ``supernet.inplace_distillation``); ``donate``: the input
+  state's buffers are reused for the output (the caller must not read the state it passed in).
   """
   num_devices = mesh.size
 
@@ -163,7 +165,7 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
     loss_fn = functools.partial(
         sandwich_loss, module=module, images=batch['image'], labels=batch['label'],
         configs=configs, num_classes=num_classes, label_smoothing=cfg.label_smoothing,
-        fused=fused, inplace_distillation=cfg.get('inplace_distillation', True))
+        fused=fused, inplace_distillation=inplace_distillation)
     (total, (losses, logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state.batch_stats)
     # Inside shard_map the gradient of the replicated params already comes back summed over
@@ -200,6 +202,7 @@ def make_train_step(network: Network, space: channels_lib.ChannelSpace,
   draw = lambda step, device: sandwich_configs(space, device_key(seed, step, device),
                                                cfg.num_sandwich)
   return make_distillation_step(network.supernet(), network.num_classes, cfg, draw,
-                                sandwich_member_names(cfg.num_sandwich), mesh, schedule, **options)
+                                sandwich_member_names(cfg.num_sandwich), mesh, schedule,
+                                inplace_distillation=cfg.inplace_distillation, **options)
 
 

@@ -31,7 +31,7 @@ from autoslim_jax import models  # pylint: disable=wrong-import-position
 from autoslim_jax import parallel  # pylint: disable=wrong-import-position
 from autoslim_jax import train  # pylint: disable=wrong-import-position
 
-REPEATS = 5
+REPEATS = 1 if common.SMOKE else 5
 
 
 def median_save_seconds(tree, directory: str) -> float:
@@ -48,7 +48,9 @@ def median_save_seconds(tree, directory: str) -> float:
 
 
 def main() -> None:
-  network = models.create_network('mobilenet_v2', layout='cifar', width_mult=1.5)
+  network = models.create_network('mobilenet_v2', layout='cifar',
+                                  **(dict(width_mult=0.35, image_size=8) if common.SMOKE
+                                     else dict(width_mult=1.5)))
   variables = jax.device_get(network.init(jax.random.key(0)))
   state = {'params': variables['params'], 'batch_stats': variables['batch_stats'],
            'momentum': variables['params'], 'step': np.int32(0)}

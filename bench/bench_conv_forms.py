@@ -34,6 +34,8 @@ DEPTHWISE_SHAPES = ((256, 32, 32, 144, 1), (256, 32, 32, 144, 2), (3072, 8, 8, 9
 # projection at 32x32 (a sandwich of 4 x 32 images), and a late expansion at 8x8.
 POINTWISE_SHAPES = ((128, 32, 32, 24, 144), (128, 32, 32, 144, 24), (128, 8, 8, 64, 384))
 REPEATS = 5
+if common.SMOKE:
+  DEPTHWISE_SHAPES, POINTWISE_SHAPES, REPEATS = ((4, 8, 8, 16, 1),), ((4, 8, 8, 8, 16),), 1
 
 
 def forward_and_backward_ms(module, variables, x) -> tuple[float, float, float]:

@@ -101,6 +101,7 @@ def main(argv=None):
   parser.add_argument('--smoke', action='store_true', help='tiny sizes: checks the script runs')
   parser.add_argument('--results', default=common.RESULTS_FILE)
   args = parser.parse_args(argv)
+  args.smoke = args.smoke or common.SMOKE
   config = defaults.get_default_config().dataset
   for style in args.styles.split(','):
     if style == 'cifar':

@@ -24,8 +24,8 @@ from autoslim_jax.resources import ResourceModel  # pylint: disable=wrong-import
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--configs', type=int, default=10000)
-  parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--configs', type=int, default=100 if common.SMOKE else 10000)
+  parser.add_argument('--repeats', type=int, default=1 if common.SMOKE else 7)
   args = parser.parse_args()
   network = models.create_network('mobilenet_v2')
   space = network.channel_space()

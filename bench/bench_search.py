@@ -33,7 +33,7 @@ from autoslim_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-i
 from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-DEFAULT_CHUNK_SIZES = '1,4,8,16,0'  # 0: all candidates in one call
+DEFAULT_CHUNK_SIZES = '1,0' if common.SMOKE else '1,4,8,16,0'  # 0: all candidates in one call
 
 
 def heldout_batches(network, images: int, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -54,13 +54,15 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
   on_cpu = jax.default_backend() == 'cpu'
-  images = args.images or (64 if on_cpu else 5000)
-  batch_size = args.batch_size or (64 if on_cpu else 1000)
+  images = args.images or (16 if common.SMOKE else 64 if on_cpu else 5000)
+  batch_size = args.batch_size or (16 if common.SMOKE else 64 if on_cpu else 1000)
   if images % batch_size or batch_size % jax.device_count():
     parser.error(f'--images {images} must be a multiple of --batch_size {batch_size}, and that '
                  f'of the {jax.device_count()} devices')
 
-  network = models.create_network('mobilenet_v2', layout='cifar', width_mult=1.5)
+  network = models.create_network('mobilenet_v2', layout='cifar',
+                                  **(dict(width_mult=0.35, image_size=8) if common.SMOKE
+                                     else dict(width_mult=1.5)))
   space = network.channel_space()
   mesh = parallel.make_mesh()
   variables = parallel.replicate(network.init(jax.random.key(0)), mesh)

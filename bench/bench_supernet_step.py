@@ -30,7 +30,6 @@ import functools
 import os
 import sys
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +39,17 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import defaults  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import resources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax.models.mobilenet_v2 import LAYOUTS, block_plan  # pylint: disable=g-import-not-at-top,line-too-long
 
-NETWORKS = {'cifar': dict(layout='cifar', width_mult=1.5),
-            'imagenet': dict(layout='imagenet', width_mult=1.5)}
+NETWORKS = ({'cifar': dict(layout='cifar', width_mult=0.35, image_size=8),
+             'imagenet': dict(layout='imagenet', width_mult=0.35, image_size=32)} if common.SMOKE
+            else {'cifar': dict(layout='cifar', width_mult=1.5),
+                  'imagenet': dict(layout='imagenet', width_mult=1.5)})
 # On the 24 GiB CPU VM the fused step runs out of memory at CIFAR batch 128 (the activations of
 # 4 x 128 max-width passes, ~32 GB) and ImageNet batch 8.
 DEFAULT_BATCH_SIZES = {('cpu', 'cifar'): (32, 64), ('cpu', 'imagenet'): (2, 4),
@@ -60,12 +62,14 @@ NUM_SANDWICH = 4
 SEED = 0
 
 
-def step_config(batch_size: int) -> types.SimpleNamespace:
-  """The fields ``steps`` reads: the CIFAR recipe of configs/cifar10_mbv2.py."""
-  return types.SimpleNamespace(
-      num_sandwich=NUM_SANDWICH, label_smoothing=0.1, optimizer='sgd', momentum=0.9,
-      weight_decay=5e-4, base_learning_rate=0.1, base_batch_size=128, batch_size=batch_size,
-      schedule='cosine', warmup_epochs=0.0)
+def step_config(batch_size: int):
+  """The supernet section of the defaults with the CIFAR recipe of configs/cifar10_mbv2.py:
+  every field ``steps`` reads, with the package's own defaults for the rest."""
+  cfg = defaults.get_default_config().supernet
+  cfg.update(dict(num_sandwich=NUM_SANDWICH, label_smoothing=0.1, optimizer='sgd', momentum=0.9,
+                  weight_decay=5e-4, base_learning_rate=0.1, base_batch_size=128,
+                  batch_size=batch_size, schedule='cosine', warmup_epochs=0.0))
+  return cfg
 
 
 def drawn_configs(space, step: int, device: int = 0) -> list[dict[str, int]]:
@@ -208,9 +212,9 @@ def main() -> None:
     resource_model = resources.ResourceModel(net)
     max_macs = resource_model(space.max_config())['macs']
     sizes = ([int(b) for b in args.batch_sizes.split(',')] if args.batch_sizes
-             else DEFAULT_BATCH_SIZES[(platform, network)])
-    name = (f'{"CIFAR" if network == "cifar" else "ImageNet"} MobileNet v2 1.5x '
-            f'({net.input_shape[0]}px, {max_macs / 1e6:.0f}M MACs at max)')
+             else (8,) if common.SMOKE else DEFAULT_BATCH_SIZES[(platform, network)])
+    name = (f'{"CIFAR" if network == "cifar" else "ImageNet"} MobileNet v2 '
+            f'{net.max_width_mult}x ({net.input_shape[0]}px, {max_macs / 1e6:.0f}M MACs at max)')
     for batch_size in sizes:
       middle = batch_size == sizes[len(sizes) // 2]
       results, rows = {}, []

@@ -19,7 +19,12 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-RESULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results.md')
+# Where rows go: bench/results.md, or AUTOSLIM_BENCH_RESULTS (the accelerator run, smoke tests).
+RESULTS_FILE = os.environ.get('AUTOSLIM_BENCH_RESULTS') or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'results.md')
+# AUTOSLIM_BENCH_SMOKE=1: every benchmark at tiny sizes (seconds on a CPU), to check it runs; its
+# numbers mean nothing (tests/test_bench.py).
+SMOKE = os.environ.get('AUTOSLIM_BENCH_SMOKE') == '1'
 
 
 def machine() -> str:
@@ -67,7 +72,8 @@ def median(times: Sequence[float]) -> float:
   return statistics.median(times)
 
 
-def matmul_peak_flops(dtype='float32', size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_flops(dtype='float32', size: int = 256 if SMOKE else 2048,
+                      repeats: int = 5) -> float:
   """FLOP/s of a large square matrix product on the default device: the attainable peak the
   utilisation figures are quoted against (a CPU has no single datasheet number)."""
   a = jnp.ones((size, size), dtype)

@@ -359,3 +359,14 @@ def test_experiment_over_seeds_and_estimator_study(staged_quickstart, tmp_path):
       (c['name'] if c['kind'] != 'random' else f'reference_{c["name"]}', c['kind'])
       for c in report['configs']]
   assert again['kendall_tau'] == report['kendall_tau']
+
+
+def test_calibration_variants_script_on_a_finished_run(staged_quickstart):
+  """runs/calibration_variants.py (runs/calibration.md) on the shortened quickstart's workdir."""
+  workdir, _ = staged_quickstart
+  result = subprocess.run([sys.executable, os.path.join('runs', 'calibration_variants.py'),
+                           str(workdir), '--images=64', '--batch_size=32'], cwd=REPO,
+                          env=command_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith('| macs_0.45x')]
+  assert len(rows) == 6 and sum('| deployed |' in row for row in rows) == 2
