@@ -1,6 +1,7 @@
 """The benchmarks run, and their comparison is fair: the PyTorch slicing implementation computes
 the same network as the masked JAX supernet (same weights, same logits at any config)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,3 +40,38 @@ def test_input_benchmark_smoke_run(tmp_path):
   rows = results.read_text().splitlines()
   assert len(rows) == 6 and all('images/s' in r for r in rows)
   assert sum('ImageNet-style' in r and 'worker processes' in r for r in rows) == 1
+
+
+def _smoke_env(results):
+  return dict(command_env(), AUTOSLIM_BENCH_SMOKE='1', AUTOSLIM_BENCH_RESULTS=str(results))
+
+
+@pytest.mark.parametrize('script', ['bench_conv_forms.py', 'bench_resources.py',
+                                    'bench_checkpoint.py'])
+def test_benchmark_smoke_runs(script, tmp_path):
+  """Every benchmark script runs (AUTOSLIM_BENCH_SMOKE: tiny sizes) and records its rows; the
+  supernet-step and search benchmarks run in the accelerator command's smoke test below."""
+  results = tmp_path / 'rows.md'
+  subprocess.run([sys.executable, os.path.join('bench', script)], cwd=REPO,
+                 env=_smoke_env(results), check=True, capture_output=True, timeout=600)
+  assert results.read_text().count('\n') >= 1
+
+
+def test_accelerator_command_smoke_run(tmp_path):
+  """python bench/accelerator_run.py OUT --smoke: every part (supernet step against PyTorch,
+  search chunks, the CIFAR-sample experiment) runs at tiny sizes and lands in OUT."""
+  out = tmp_path / 'out'
+  result = subprocess.run([sys.executable, os.path.join('bench', 'accelerator_run.py'), str(out),
+                           '--smoke'], cwd=REPO, env=command_env(), capture_output=True,
+                          text=True, timeout=1200)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  parts = {p['name']: p for p in summary['parts']}
+  assert list(parts) == ['supernet_cifar', 'supernet_imagenet', 'search', 'experiment']
+  assert all(p['returncode'] == 0 and not p['timed_out'] for p in parts.values())
+  assert any('PyTorch slicing' in row for row in parts['supernet_cifar']['rows'])
+  assert sum('greedy search step' in row for row in parts['search']['rows']) >= 2
+  assert (out / 'rows.md').read_text().count('| 20') == sum(len(p['rows'])
+                                                             for p in parts.values())
+  experiment = json.loads((out / 'experiment' / 'summary.json').read_text())
+  assert experiment['seeds'] == [0] and summary['environment']['versions']['jax']
