@@ -147,9 +147,10 @@ def torch_logits_match(net, model, configs, device: str, images: int = 8) -> flo
   return worst
 
 
-def time_torch_step(network, space, batch_size: int, repeats: int) -> dict:
+def time_torch_step(network, space, batch_size: int, repeats: int, bf16: bool = False) -> dict:
   """Per-step seconds of the PyTorch slicing implementation on the configs JAX trained, after
-  checking that it computes the JAX network's logits."""
+  checking that it computes the JAX network's logits; ``bf16``: under bfloat16 autocast with
+  channels-last tensors (PyTorch's fast path for convs on recent GPUs)."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch_slimmable  # pylint: disable=g-import-not-at-top
   net = models.create_network('mobilenet_v2', **NETWORKS[network])
@@ -164,12 +165,17 @@ def time_torch_step(network, space, batch_size: int, repeats: int) -> dict:
   batch = synthetic_batch(net, batch_size)
   images = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous().to(device)
   labels = torch.from_numpy(batch['label']).long().to(device)
+  if bf16:
+    model = model.to(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=torch.channels_last)
   configs = [drawn_configs(space, step) for step in range(repeats + 2)]
   counter = iter(range(len(configs)))
 
   def one_step():
     # Returns the loss as a Python float: waits for the device.
-    torch_slimmable.sandwich_step(model, optimizer, images, labels, configs[next(counter)], 0.1)
+    with torch.autocast(device.split(':')[0], dtype=torch.bfloat16, enabled=bf16):
+      torch_slimmable.sandwich_step(model, optimizer, images, labels, configs[next(counter)],
+                                    0.1)
 
   _, times = common.timed(one_step, repeats)
   return {'step_s': common.median(times), 'version': torch.__version__, 'device': device,
@@ -249,19 +255,27 @@ def main() -> None:
             f'{result["compile_s"]:.1f} s); useful {useful_rate / 1e9:,.1f} GMAC/s '
             f'({200 * useful_rate / peak:.1f}% of peak), computed {computed_rate / 1e9:,.1f} '
             f'GMAC/s ({200 * computed_rate / peak:.1f}%)', ('jax', 'flax', 'optax', 'numpy')))
-      if use_torch and 'fused' in results:
-        torch_result = time_torch_step(network, space, batch_size, args.repeats)
-        print(f'{network} batch {batch_size} torch: {torch_result}', flush=True)
+      # PyTorch float32 against JAX fused, and PyTorch bf16 autocast (channels-last) against
+      # JAX bfloat16, each pair measured in this run.
+      for torch_variant, jax_variant in (('float32', 'fused'), ('bf16', 'bfloat16')):
+        if not use_torch or jax_variant not in results:
+          continue
+        torch_result = time_torch_step(network, space, batch_size, args.repeats,
+                                       bf16=torch_variant == 'bf16')
+        print(f'{network} batch {batch_size} torch {torch_variant}: {torch_result}', flush=True)
         per_second = batch_size / torch_result['step_s']
         useful_rate = 3 * useful * per_second
-        ratio = torch_result['step_s'] / results['fused']['step_s']
+        peak = peaks[jnp.bfloat16 if torch_variant == 'bf16' else jnp.float32]
+        ratio = torch_result['step_s'] / results[jax_variant]['step_s']
         rows.append(common.row(
-            'supernet sandwich step, PyTorch slicing', f'{name}, batch {batch_size}, sandwich '
-            f'{NUM_SANDWICH}, median of {args.repeats}, torch {torch_result["version"]} on '
-            f'{torch_result["device"]}, {torch_result["threads"]} threads',
+            'supernet sandwich step, PyTorch slicing' + (
+                ', bf16 autocast, channels-last' if torch_variant == 'bf16' else ''),
+            f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}, median of {args.repeats}, '
+            f'torch {torch_result["version"]} on {torch_result["device"]}, '
+            f'{torch_result["threads"]} threads',
             f'{per_second:,.1f} images/s ({torch_result["step_s"] * 1e3:,.0f} ms/step); useful '
-            f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peaks[jnp.float32]:.1f}% of '
-            f'peak); JAX fused / PyTorch throughput: {ratio:.2f}x',
+            f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peak:.1f}% of peak); JAX '
+            f'{jax_variant} / PyTorch {torch_variant} throughput: {ratio:.2f}x',
             ('jax', 'flax', 'optax', 'numpy', 'torch')))
       common.append_results(rows)  # after every batch size: a later failure loses nothing
 

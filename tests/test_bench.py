@@ -70,6 +70,8 @@ def test_accelerator_command_smoke_run(tmp_path):
   assert list(parts) == ['supernet_cifar', 'supernet_imagenet', 'search', 'experiment']
   assert all(p['returncode'] == 0 and not p['timed_out'] for p in parts.values())
   assert any('PyTorch slicing' in row for row in parts['supernet_cifar']['rows'])
+  assert any('bf16 autocast, channels-last' in row and 'JAX bfloat16 / PyTorch bf16' in row
+             for row in parts['supernet_imagenet']['rows'])
   assert sum('greedy search step' in row for row in parts['search']['rows']) >= 2
   assert (out / 'rows.md').read_text().count('| 20') == sum(len(p['rows'])
                                                              for p in parts.values())
