@@ -40,25 +40,31 @@ import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-positi
 def deployed_statistics(module, variables, batches, passes=3):
   """Population statistics gathered with every layer normalised by the previous pass's
   estimates (the first pass: by batch statistics)."""
+
+  @jax.jit
+  def moments(params, stats, images):
+    captured = {}
+
+    def capture(next_fun, args, kwargs, context):
+      if isinstance(context.module, nn.BatchNorm) and context.method_name == '__call__':
+        x = args[0].astype(jnp.float32)
+        captured[tuple(context.module.path)] = (jnp.mean(x, (0, 1, 2)),
+                                                jnp.mean(jnp.square(x), (0, 1, 2)))
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(capture):
+      if stats is None:
+        module.apply({'params': params, 'batch_stats': variables['batch_stats']}, images,
+                     train=True, mutable=['batch_stats'])
+      else:
+        module.apply({'params': params, 'batch_stats': stats}, images, train=False)
+    return captured
+
   stats = None
   for _ in range(passes):
     sums, count = {}, 0
     for batch in batches:
-      captured = {}
-
-      def capture(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.BatchNorm) and context.method_name == '__call__':
-          x = args[0].astype(jnp.float32)
-          mean = jnp.mean(x, (0, 1, 2))
-          captured[tuple(context.module.path)] = (mean, jnp.mean(jnp.square(x), (0, 1, 2)))
-        return next_fun(*args, **kwargs)
-
-      with nn.intercept_methods(capture):
-        if stats is None:
-          module.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
-        else:
-          module.apply({'params': variables['params'], 'batch_stats': stats}, batch['image'],
-                       train=False)
+      captured = jax.device_get(moments(variables['params'], stats, batch['image']))
       for path, (mean, square) in captured.items():
         old = sums.get(path, (0.0, 0.0))
         sums[path] = (old[0] + np.asarray(mean, np.float64), old[1] + np.asarray(square, np.float64))
