@@ -131,9 +131,12 @@ def write_trajectory(directory: str, trajectory: Sequence[Mapping[str, Any]]) ->
 
 
 # Peak temporary memory of scoring one candidate, in units of (a device's share of the batch x
-# the network's largest feature map x 4 bytes): 3.3 by XLA's memory analysis of the compiled
-# scorer (CIFAR MobileNet v2 0.5x and 1.5x, 8 devices, chunks of 1 and 4: linear in the chunk).
-CANDIDATE_MEMORY_FACTOR = 3.5
+# the network's largest feature map x 4 bytes). XLA:CPU's memory analysis of the compiled scorer
+# gave 3.3 (CIFAR MobileNet v2 0.5x and 1.5x, chunks of 1 and 4: linear in the chunk), but XLA on
+# an H200 needed 109.4 GiB for 25 candidates of the CIFAR 1.5x net at 1,000 images: 4.8
+# (runs/accelerator_h200.md). The GPU's figure, rounded up, is used everywhere (TPUs: not yet
+# measured).
+CANDIDATE_MEMORY_FACTOR = 5.0
 # The share of a device's allocatable memory the candidates may take (weights, the batch and the
 # runtime keep the rest).
 USABLE_MEMORY = 0.9

@@ -7,7 +7,8 @@ One greedy step of the CIFAR MobileNet v2 1.5x supernet (the paper's): every can
 first step (each unit one group narrower than the max config) scored on ``--images`` held-out
 images in batches of ``--batch_size`` (BatchNorm in batch-statistics mode), with
 ``evaluate.score_configs`` as the search runs it, at chunk sizes 1 (one candidate per call: one
-at a time), 4, 8, 16 and all candidates in one call. Prints and appends to bench/results.md,
+at a time), 4, 8, 16 and all candidates in one call (``--chunk_sizes``; ``auto``: what the
+search picks from the device's memory). Prints and appends to bench/results.md,
 per chunk size: compile time (no persistent cache), candidate evaluations per second and images
 per second (candidates x images / time) as the median of ``--repeats`` passes after a warm-up,
 and the speed-up over one at a time. The weights are a fresh initialisation: throughput does
@@ -32,8 +33,9 @@ import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import search  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-DEFAULT_CHUNK_SIZES = '1,0' if common.SMOKE else '1,4,8,16,0'  # 0: all candidates in one call
+DEFAULT_CHUNK_SIZES = '1,auto' if common.SMOKE else '1,4,8,16,0'  # 0: all in one call
 
 
 def heldout_batches(network, images: int, batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -43,6 +45,14 @@ def heldout_batches(network, images: int, batch_size: int) -> list[dict[str, np.
            'mask': np.ones(batch_size, np.float32)} for _ in range(images // batch_size)]
 
 
+def chunk_size_of(text: str, network, batch_size: int, num_candidates: int) -> int:
+  """``--chunk_sizes`` entry: a number, 0 for all candidates, or ``auto`` for what the search's
+  ``search.chunk_size=0`` picks from the device's memory (all of them on a CPU)."""
+  if text == 'auto':
+    return search.automatic_chunk_size(network, batch_size, num_candidates)
+  return int(text) or num_candidates
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--images', type=int, default=0,
@@ -50,7 +60,8 @@ def main() -> None:
   parser.add_argument('--batch_size', type=int, default=0,
                       help='BatchNorm batch (default: 64 on CPU, 1000 on an accelerator)')
   parser.add_argument('--chunk_sizes', default=DEFAULT_CHUNK_SIZES,
-                      help='comma-separated candidates per call; 0 = all')
+                      help='comma-separated candidates per call; 0 = all, auto = as the '
+                      'search picks from device memory')
   parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
   on_cpu = jax.default_backend() == 'cpu'
@@ -70,8 +81,9 @@ def main() -> None:
   batches = heldout_batches(network, images, batch_size)
   print(f'{common.machine()}: {len(configs)} candidates x {images} images', flush=True)
 
-  results = {}
-  for chunk_size in [int(c) or len(configs) for c in args.chunk_sizes.split(',')]:
+  one_at_a_time = None
+  for chunk_size in [chunk_size_of(c, network, batch_size, len(configs))
+                     for c in args.chunk_sizes.split(',')]:
     scorer = evaluate.make_candidate_scorer(network.supernet(), mesh)
     start = time.perf_counter()
     evaluate.score_configs(scorer, variables, batches[:1], configs[:chunk_size], space,
@@ -82,24 +94,20 @@ def main() -> None:
         lambda size=chunk_size: evaluate.score_configs(scorer, variables, batches, configs,
                                                        space, size, mesh), args.repeats,
         warmup=0)
-    results[chunk_size] = (compile_s, common.median(times))
-    print(f'chunk {chunk_size}: compile {compile_s:.1f} s, {common.median(times):.2f} s per '
-          'step', flush=True)
-
-  one_at_a_time = results.get(1, (None, None))[1]
-  rows = []
-  for chunk_size, (compile_s, seconds) in results.items():
+    seconds = common.median(times)
+    print(f'chunk {chunk_size}: compile {compile_s:.1f} s, {seconds:.2f} s per step', flush=True)
+    if chunk_size == 1:
+      one_at_a_time = seconds
     speedup = f'; {one_at_a_time / seconds:.2f}x one at a time' if one_at_a_time else ''
-    rows.append(common.row(
+    # Each chunk's row as soon as it is measured: a run stopped at its time cap keeps them.
+    common.append_results([common.row(
         f'greedy search step, chunk {chunk_size}' + (' (all)' if chunk_size == len(configs)
                                                       else ''),
         f'CIFAR MobileNet v2 1.5x, {len(configs)} candidates x {images} held-out images, '
         f'batch {batch_size}, median of {args.repeats}',
         f'{len(configs) / seconds:,.2f} candidates/s, {len(configs) * images / seconds:,.0f} '
         f'images/s ({seconds:.2f} s per step; compile {compile_s:.1f} s){speedup}',
-        ('jax', 'flax', 'numpy')))
-  common.append_results(rows)
-
+        ('jax', 'flax', 'numpy'))])
 
 if __name__ == '__main__':
   main()

@@ -223,42 +223,42 @@ def main() -> None:
             f'{net.max_width_mult}x ({net.input_shape[0]}px, {max_macs / 1e6:.0f}M MACs at max)')
     for batch_size in sizes:
       middle = batch_size == sizes[len(sizes) // 2]
-      results, rows = {}, []
+      useful = np.mean([sum(resource_model(c)['macs'] for c in drawn_configs(space, s, d))
+                        for s in timed_steps(args.repeats) for d in range(jax.device_count())])
+      computed = NUM_SANDWICH * max_macs
       for variant in variants:
         if variant != 'fused' and not middle:
           continue
         try:
-          results[variant] = time_jax_step(network, space, batch_size, VARIANTS[variant],
-                                           args.repeats)
+          result = time_jax_step(network, space, batch_size, VARIANTS[variant], args.repeats)
         except jax.errors.JaxRuntimeError as e:
           if 'RESOURCE_EXHAUSTED' not in str(e):
             raise
           print(f'{network} batch {batch_size} {variant}: out of memory', flush=True)
-          rows.append(common.row(f'supernet sandwich step, JAX {variant}',
-                                 f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}',
-                                 f'out of device memory ({str(e).splitlines()[0][:120]})',
-                                 ('jax', 'flax', 'optax', 'numpy')))
+          common.append_results([common.row(
+              f'supernet sandwich step, JAX {variant}',
+              f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}',
+              f'out of device memory ({str(e).splitlines()[0][:120]})',
+              ('jax', 'flax', 'optax', 'numpy'))])
           continue
-        print(f'{network} batch {batch_size} {variant}: {results[variant]}', flush=True)
-      useful = np.mean([sum(resource_model(c)['macs'] for c in drawn_configs(space, s, d))
-                        for s in timed_steps(args.repeats) for d in range(jax.device_count())])
-      computed = NUM_SANDWICH * max_macs
-      for variant, result in results.items():
+        print(f'{network} batch {batch_size} {variant}: {result}', flush=True)
         per_second = batch_size / result['step_s']
         peak = peaks[VARIANTS[variant]['dtype']]
         useful_rate = 3 * useful * per_second
         computed_rate = 3 * computed * per_second
-        rows.append(common.row(
+        # Each row as soon as it is measured: a run stopped at its time cap keeps them (the
+        # first accelerator run compiled for 60-120 s a variant).
+        common.append_results([common.row(
             f'supernet sandwich step, JAX {variant}', f'{name}, batch {batch_size}, sandwich '
             f'{NUM_SANDWICH}, median of {args.repeats}',
             f'{per_second:,.1f} images/s ({result["step_s"] * 1e3:,.0f} ms/step; compile '
             f'{result["compile_s"]:.1f} s); useful {useful_rate / 1e9:,.1f} GMAC/s '
             f'({200 * useful_rate / peak:.1f}% of peak), computed {computed_rate / 1e9:,.1f} '
-            f'GMAC/s ({200 * computed_rate / peak:.1f}%)', ('jax', 'flax', 'optax', 'numpy')))
-      # PyTorch float32 against JAX fused, and PyTorch bf16 autocast (channels-last) against
-      # JAX bfloat16, each pair measured in this run.
-      for torch_variant, jax_variant in (('float32', 'fused'), ('bf16', 'bfloat16')):
-        if not use_torch or jax_variant not in results:
+            f'GMAC/s ({200 * computed_rate / peak:.1f}%)', ('jax', 'flax', 'optax', 'numpy'))])
+        # PyTorch float32 against JAX fused, and PyTorch bf16 autocast (channels-last) against
+        # JAX bfloat16, each pair measured in this run, right after its JAX variant.
+        torch_variant = {'fused': 'float32', 'bfloat16': 'bf16'}.get(variant)
+        if not use_torch or torch_variant is None:
           continue
         torch_result = time_torch_step(network, space, batch_size, args.repeats,
                                        bf16=torch_variant == 'bf16')
@@ -266,8 +266,8 @@ def main() -> None:
         per_second = batch_size / torch_result['step_s']
         useful_rate = 3 * useful * per_second
         peak = peaks[jnp.bfloat16 if torch_variant == 'bf16' else jnp.float32]
-        ratio = torch_result['step_s'] / results[jax_variant]['step_s']
-        rows.append(common.row(
+        ratio = torch_result['step_s'] / result['step_s']
+        common.append_results([common.row(
             'supernet sandwich step, PyTorch slicing' + (
                 ', bf16 autocast, channels-last' if torch_variant == 'bf16' else ''),
             f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}, median of {args.repeats}, '
@@ -275,9 +275,8 @@ def main() -> None:
             f'{torch_result["threads"]} threads',
             f'{per_second:,.1f} images/s ({torch_result["step_s"] * 1e3:,.0f} ms/step); useful '
             f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peak:.1f}% of peak); JAX '
-            f'{jax_variant} / PyTorch {torch_variant} throughput: {ratio:.2f}x',
-            ('jax', 'flax', 'optax', 'numpy', 'torch')))
-      common.append_results(rows)  # after every batch size: a later failure loses nothing
+            f'{variant} / PyTorch {torch_variant} throughput: {ratio:.2f}x',
+            ('jax', 'flax', 'optax', 'numpy', 'torch'))])
 
 
 if __name__ == '__main__':

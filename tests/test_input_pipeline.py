@@ -111,6 +111,24 @@ def test_eval_batches_pad_with_uncounted_examples(tmp_path):
     next(input_pipeline.eval_batches(source, 'test', 12))
 
 
+def test_evaluation_reads_with_threads_even_when_training_uses_worker_processes(tmp_path):
+  """Starting grain's workers for every short evaluation cost 9.5 s of a 10 s held-out
+  evaluation on an H200; training batches keep the processes they were given."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  _indexed_npz(tmp_path / 'd.npz')
+  source = input_pipeline.create_source(_data_config(
+      name='npz', path=str(tmp_path / 'd.npz'), heldout_size=10, worker_processes=2))
+  evaluation = input_pipeline.eval_batches(source, 'test', 8)
+  next(evaluation)
+  assert not multiprocessing.active_children()
+  del evaluation
+  training = input_pipeline.train_batches(source, 8, seed=0, start_step=0,
+                                          augmentation='none')
+  next(training)
+  assert multiprocessing.active_children()  # the check can see workers
+  del training
+
+
 def test_digits_embedded_source():
   source = input_pipeline.create_source(_data_config(name='digits', heldout_size=300))
   assert source.num_examples == {'train': 1200, 'heldout': 300, 'test': 297}

@@ -332,3 +332,16 @@ def test_automatic_chunk_size_fits_the_device_memory_or_refuses(tiny_network):
   with pytest.raises(ValueError, match=r'search.batch_size 2048 on 1 device\(s\): one candidate '
                      r'needs about .* GiB.*use search.batch_size <= 102[34] or more devices'):
     search.automatic_chunk_size(tiny_network, 2048, 25, int(4 * one), 1)
+
+
+def test_automatic_chunk_size_fits_what_xla_needed_on_an_h200():
+  """The first accelerator run (runs/accelerator_h200.md): XLA needed 109.44 GiB to score 25
+  candidates of the CIFAR MobileNet v2 1.5x net at 1,000 images on one H200, whose allocator
+  holds 105.71 GiB. The automatic chunk must stay under that (CPU's factor chose all 25)."""
+  from autoslim_jax import models  # pylint: disable=g-import-not-at-top
+  network = models.create_network('mobilenet_v2', layout='cifar', width_mult=1.5,
+                                   image_size=32)
+  pool = int(105.71 * 2**30)
+  chunk = search.automatic_chunk_size(network, 1000, 25, pool, 1)
+  assert 1 <= chunk < 25
+  assert chunk * 109.44 / 25 * 2**30 <= pool
