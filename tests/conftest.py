@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices, tiny networks shared across tests."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -51,6 +52,64 @@ def run(*args, check=True):
                           capture_output=True, text=True, timeout=600)
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+# Two sandwich members (max and min) halve the supernet step's compile time, and MobileNet v1's
+# 14 layers compile about 3x faster than the quickstart's MobileNet v2 (tests/test_zoo_pipeline.py
+# runs every model of the zoo).
+# Checkpoints every 2 steps give a killed run something to resume from (tests/test_commands.py).
+SHORT_QUICKSTART = ('--config=configs/quickstart.py', '--config.model=mobilenet_v1',
+                    '--config.supernet.num_epochs=0.25',
+                    '--config.supernet.num_sandwich=2',
+                    '--config.search.targets.macs_of_width=(0.45,)',
+                    '--config.retrain.num_epochs=0.25',
+                    '--config.supernet.checkpoint_every_steps=2',
+                    '--config.retrain.checkpoint_every_steps=2')
+
+
+@pytest.fixture(scope='session')
+def staged_quickstart(tmp_path_factory, worker_id):
+  """The shortened quickstart run first as supernet and search, then the rest: (workdir, the
+  first command's stderr). Also the reference of the kill-and-resume test.
+
+  Built once for the whole suite, by whichever xdist worker asks first (the others wait on the
+  lock and reuse it), so the files that use it can go to both workers. Tests must not write
+  into it: those that run a command on it copy it first (``copied_workdir``).
+  """
+  import filelock  # pylint: disable=g-import-not-at-top  # the test extra
+  shared = tmp_path_factory.getbasetemp()
+  if worker_id != 'master':
+    shared = shared.parent  # the workers' common folder
+  root = shared / 'staged_quickstart'
+  workdir, first_stderr = root / 'quick', root / 'first_stderr.txt'
+  with filelock.FileLock(str(shared / 'staged_quickstart.lock')):
+    if not (root / 'done').exists():
+      root.mkdir(exist_ok=True)
+      first = run('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}',
+                  '--config.stages=supernet,search')
+      run_listing_modules('autoslim_jax.main', *SHORT_QUICKSTART, f'--workdir={workdir}',
+                          out=root / 'modules.txt')
+      first_stderr.write_text(first.stderr)
+      (root / 'done').touch()
+  return workdir, first_stderr.read_text()
+
+
+def copied_workdir(workdir, tmp_path):
+  """A private copy of a shared finished run, for a test that runs a command on it."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(shutil.copytree(workdir, tmp_path / workdir.name))
+
+
+def run_listing_modules(*args, out):
+  """``python -m *args`` as ``run`` does, writing the names of the modules imported by its
+  exit to ``out``."""
+  code = ('import atexit, runpy, sys; out = sys.argv.pop(); atexit.register(lambda: open(out, '
+          '"w").write("\\n".join(sorted(sys.modules)))); '
+          f'runpy.run_module({args[0]!r}, run_name="__main__", alter_sys=True)')
+  result = subprocess.run([sys.executable, '-c', code, *args[1:], str(out)], cwd=REPO,
+                          env=command_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
   return result
 
 
