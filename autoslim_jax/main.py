@@ -8,7 +8,9 @@ On several hosts (a TPU pod slice, a GPU cluster) run the same command on every 
 one folder every host sees (a gs:// bucket, NFS).
 """
 
+import difflib
 import glob
+import importlib.util
 import logging as std_logging
 import os
 import re
@@ -22,6 +24,7 @@ import jax
 from ml_collections import config_flags
 
 from autoslim_jax import defaults
+from autoslim_jax import models
 from autoslim_jax import parallel
 from autoslim_jax import pipeline
 
@@ -56,25 +59,53 @@ def check_config_file(path: str) -> None:
     raise ValueError(f'config file {path} does not exist{listing}')
 
 
-def check_override(key: str) -> None:
-  """Refuses --config.KEY when no config has KEY (model_kwargs' keys are the model's)."""
+def check_override(key: str, config_file: str | None = None) -> None:
+  """Refuses --config.KEY when no config has KEY; model_kwargs' keys are those the config file
+  sets."""
   tree = node = {}
   for part in key.split('.'):
     node = node.setdefault(part, {})
   defaults._check_keys(tree, defaults.get_default_config(), '')  # pylint: disable=protected-access
+  section, _, rest = key.partition('.')
+  if section == 'model_kwargs' and rest:
+    check_model_argument(rest.split('.')[0], config_file)
 
 
 def check_config_arguments(argv: Sequence[str]) -> None:
   """Refuses a --config file that does not exist and an override of a key that does not
   exist: ml_collections would end the command in a 30-line traceback for either."""
+  config_file = None
   for i, arg in enumerate(argv[1:], 1):
     if _CONFIG_FILE.match(arg):
       paths = [arg.split('=', 1)[1]] if '=' in arg else argv[i + 1:i + 2]  # --config FILE
       for path in paths:
+        config_file = path
         check_config_file(path.split(':', 1)[0])  # FILE:ARGUMENT passes ARGUMENT to get_config
+  for arg in argv[1:]:
     override = _OVERRIDE.match(arg)
     if override:
-      check_override(override.group(1))
+      check_override(override.group(1), config_file)
+
+
+def check_model_argument(key: str, config_file: str | None) -> None:
+  """Refuses --config.model_kwargs.KEY when the config file's model_kwargs lacks KEY: an
+  override can only change a key the file sets."""
+  if config_file is None:
+    return
+  path, _, argument = config_file.partition(':')
+  spec = importlib.util.spec_from_file_location('_autoslim_config_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(argument) if argument else module.get_config()
+  given = sorted(config.model_kwargs.keys())
+  if key not in given:
+    close = difflib.get_close_matches(key, given, n=1)
+    hint = f' (did you mean model_kwargs.{close[0]!r}?)' if close else ''
+    takes = ', '.join(models.factory_parameters(config.model))
+    raise ValueError(
+        f'unknown config key model_kwargs.{key!r}{hint}; {path} sets model_kwargs {given} '
+        f'(an override can only change those; to pass another argument of {config.model!r}, '
+        f'which takes {takes}, set it in the config file)')
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -151,6 +151,9 @@ SLIPS = [
      "error: unknown config key supernet.'batchsize' (did you mean supernet.'batch_size'?); "),
     ('autoslim_jax.experiment', '--config.sed=1',
      "error: unknown config key 'sed' (did you mean 'seed'?); "),
+    ('autoslim_jax.main', '--config.model_kwargs.widthmult=0.4',
+     "error: unknown config key model_kwargs.'widthmult' (did you mean model_kwargs."
+     "'width_mult'?); configs/quickstart.py sets model_kwargs ['image_size', "),
 ]
 
 
