@@ -312,6 +312,10 @@ class _Tracer:
       return [self.window(eqn, ins, shapes, out_shapes[0], where)] * len(eqn.outvars), keep
     if name == 'concatenate':
       return [self.concatenate(ins, shapes, out_shapes[0], p['dimension'], where)], keep
+    if name == 'rev':  # a flip reorders channels: the active ones would no longer lead
+      return [self.axiswise(ins[0], shapes[0], out_shapes[0],
+                            [i not in p['dimensions'] for i in range(len(shapes[0]))],
+                            where, 'reverses the channel axis of')], keep
     if name == 'pad':
       return [self.axiswise(ins[0], shapes[0], out_shapes[0],
                             [c == (0, 0, 0) for c in map(tuple, p['padding_config'])],
@@ -444,6 +448,9 @@ class _Tracer:
     if p['batch_group_count'] != 1:
       raise TracingError(f'{where}: layer {_join(path)}: batch_group_count '
                          f'{p["batch_group_count"]} is not supported')
+    # A conv windows over its input's spatial axes: none of them may be a unit's channels.
+    self.event([x[d] for d in lhs_spec[2:]], where, 'convolves across (as a spatial axis) the '
+               'channel axis of')
     out = [None] * len(out_shape)
     out[out_spec[0]] = x[lhs_spec[0]]
     for d in out_spec[2:]:
@@ -542,8 +549,9 @@ def _name_stack(eqn, prefix: str) -> str:
 def _describe(eqn, prefix: str) -> str:
   """'module path: primitive (file:line)' for error messages."""
   from jax._src import source_info_util  # pylint: disable=g-import-not-at-top
-  where = source_info_util.summarize(eqn.source_info)
-  return f'{_name_stack(eqn, prefix) or "<top>"}: {eqn.primitive.name} at {where}'
+  line = source_info_util.summarize(eqn.source_info)
+  at = f' at {line}' if line else ''
+  return f'{_name_stack(eqn, prefix) or "<top>"}: {eqn.primitive.name}{at}'
 
 
 def _sub_jaxpr(eqn):
@@ -708,7 +716,9 @@ def trace_network(module: nn.Module, input_shape: Sequence[int],
 
   tracer = _Tracer(variable_paths, param_paths)
   var_labels = [tracer.fresh(np.shape(leaf)) for _, leaf in leaves]
-  image_labels = tracer.fresh(images.shape)
+  image_labels = [tracer.labels.new(images.shape[0], 'the batch axis')] + [
+      tracer.labels.new(s, 'a spatial axis of the images') for s in images.shape[1:-1]] + [
+      tracer.labels.new(images.shape[-1])]
   for label in image_labels:
     if label is not None:
       tracer.labels.info(label).fixed = 'the input images'

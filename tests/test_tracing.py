@@ -440,3 +440,26 @@ class UnknownOp(nn.Module):
 def test_unknown_primitive_on_a_unit_is_refused():
   with pytest.raises(tracing.TracingError, match="applies sort, which .* unit 'conv'"):
     tracing.trace_network(UnknownOp(), (8, 8, 3))
+
+
+class ChannelsAsSpatial(nn.Module):
+  transposed_conv: bool
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3), name='conv')(x))  # 8 x 8 x 8: a transpose keeps the shape
+    if self.transposed_conv:
+      x = nn.Conv(4, (3, 3), name='over_channels')(jnp.swapaxes(x, 2, 3))
+    else:
+      x = x + jnp.swapaxes(x, 2, 3)
+    return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_channels_used_as_a_spatial_axis_are_refused():
+  with pytest.raises(tracing.TracingError,
+                     match=r"ChannelsAsSpatial/over_channels: conv_general_dilated .* convolves "
+                           r"across .* unit 'conv'"):
+    tracing.trace_network(ChannelsAsSpatial(True), (8, 8, 3))
+  with pytest.raises(tracing.TracingError,
+                     match='layer conv: its output channels meet a spatial axis of conv'):
+    tracing.trace_network(ChannelsAsSpatial(False), (8, 8, 3))
