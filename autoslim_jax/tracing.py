@@ -196,7 +196,7 @@ _REDUCE = frozenset('reduce_sum reduce_max reduce_min reduce_prod reduce_and red
 _CUMULATIVE = frozenset('cumsum cumprod cummax cummin cumlogsumexp'.split())
 _WINDOW = frozenset('reduce_window_sum reduce_window_max reduce_window_min reduce_window'.split())
 _CALLS = frozenset('pjit jit closed_call core_call custom_jvp_call custom_vjp_call '
-                   'custom_vjp_call_jaxpr remat checkpoint'.split())
+                   'custom_vjp_call_jaxpr remat remat2 checkpoint'.split())
 # Layout ops through which a variable stays "that variable" (its path), e.g. a kernel cast to
 # the compute dtype or a bias reshaped for broadcasting.
 _KEEPS_ORIGIN = frozenset('convert_element_type copy copy_p reshape broadcast_in_dim transpose '

@@ -463,3 +463,39 @@ def test_channels_used_as_a_spatial_axis_are_refused():
   with pytest.raises(tracing.TracingError,
                      match='layer conv: its output channels meet a spatial axis of conv'):
     tracing.trace_network(ChannelsAsSpatial(False), (8, 8, 3))
+
+
+@jax.custom_vjp
+def clipped_relu(x):
+  return jnp.maximum(x, 0.0)
+
+
+clipped_relu.defvjp(lambda x: (clipped_relu(x), x), lambda x, g: (g * (x > 0),))
+
+
+class RematBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return clipped_relu(nn.Conv(8, (3, 3), name='conv')(x))
+
+
+class NestedCalls(nn.Module):
+  """Sub-jaxprs of every kind: remat, jit, custom_vjp, custom_jvp (gelu), then a transposed
+  conv, SAME max pooling and log-softmax over the (fixed) classes."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.remat(RematBlock)(name='block')(x)
+    x = x + nn.Conv(8, (1, 1), name='side')(jax.jit(lambda a: a * 2.0)(x))
+    x = nn.ConvTranspose(4, (2, 2), strides=(2, 2), name='up')(x)
+    x = nn.max_pool(nn.gelu(x), (3, 3), strides=(2, 2), padding='SAME')
+    return jax.nn.log_softmax(nn.Dense(3, name='head')(jnp.mean(x, axis=(1, 2))))
+
+
+def test_units_are_followed_through_nested_calls():
+  traced = tracing.trace_network(NestedCalls(), (8, 8, 3))
+  assert {u.name: u.producers for u in traced.units} == {
+      'block/conv': (('block', 'conv'), ('side',)), 'up': (('up',),)}
+  assert [(r.path, r.in_unit, r.out_unit, r.out_height) for r in traced.layers] == [
+      (('block', 'conv'), None, 'block/conv', 8), (('side',), 'block/conv', 'block/conv', 8),
+      (('up',), 'block/conv', 'up', 16), (('head',), 'up', None, 1)]
