@@ -37,8 +37,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -520,7 +519,7 @@ class _Tracer:
     sub = _sub_jaxpr(eqn)
     if sub is None:
       return self.unknown(eqn, ins, [_shape(v) for v in eqn.outvars], where)
-    jaxpr, consts = sub
+    jaxpr, _ = sub  # its constants get labels of their own in run()
     scope = _name_stack(eqn, prefix)
     return self.run(jaxpr, ins[len(ins) - len(jaxpr.invars):],
                     ins_origin[len(ins) - len(jaxpr.invars):], scope)
@@ -616,8 +615,7 @@ def _resolve(tracer: _Tracer, var_labels, output_labels):
     touched = [u for l in event.labels for u in units_of(l)]
     if touched:
       raise TracingError(f'{event.where}: {event.reason} unit {names[touched[0]]!r}; the masked '
-                         'network would not equal its slim export (normalisation over channels, '
-                         'a reshape mixing channels, or an op this analysis cannot prove safe)')
+                         'network would not equal its slim export')
 
   params = {root: [] for root in roots}
   for path, var in zip(tracer.variable_paths, var_labels):
