@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from autoslim_jax import models
 from autoslim_jax import plain_network
@@ -58,24 +59,34 @@ def images(shape, seed=1, batch=2):
   return jax.random.normal(jax.random.key(seed), (batch,) + tuple(shape))
 
 
+def plain_tree(zoo_variables):
+  """The zoo's variables in the plain rewrite's tree: the zoo's classifier is a ``SlimDense``
+  holding an ``nn.Dense`` named 'dense', the rewrite's a bare ``nn.Dense``."""
+  flat = traverse_util.flatten_dict(zoo_variables)
+  return traverse_util.unflatten_dict(
+      {tuple(k for i, k in enumerate(path) if not (k == 'dense' and i == len(path) - 2)): v
+       for path, v in flat.items()})
+
+
 @pytest.fixture(scope='module', params=sorted(ZOO))
 def zoo_case(request):
   """(zoo network, plain module, its trace, shared random variables, zoo unit -> traced unit)."""
   network = models.create_network(request.param, **TINY_ZOO[request.param])
   plain = ZOO[request.param]()
   traced = tracing.trace_network(plain, network.input_shape)
-  variables = randomized(network.init(jax.random.key(0), batch_size=2))
+  zoo_variables = randomized(network.init(jax.random.key(0), batch_size=2))
+  variables = plain_tree(zoo_variables)
   plain_shapes = jax.eval_shape(lambda x: plain.init(jax.random.key(0), x, train=False),
                                 jax.ShapeDtypeStruct((2,) + network.input_shape, jnp.float32))
   assert (jax.tree_util.tree_structure(plain_shapes)
           == jax.tree_util.tree_structure(variables)), 'the plain rewrite lost the zoo tree'
-  return network, plain, traced, variables, unit_mapping(traced, network)
+  return network, plain, traced, variables, zoo_variables, unit_mapping(traced, network)
 
 
 def test_masked_plain_network_equals_zoo_supernet(zoo_case):
-  network, plain, traced, variables, mapping = zoo_case
+  network, plain, traced, variables, zoo_variables, mapping = zoo_case
   masked = plain_network.MaskedPlainNetwork(plain, traced)
-  zoo_apply = jax.jit(lambda c, x: network.supernet().apply(variables, x, c, train=False))
+  zoo_apply = jax.jit(lambda c, x: network.supernet().apply(zoo_variables, x, c, train=False))
   plain_apply = jax.jit(lambda c, x: masked.apply(variables, x, c, train=False))
   x = images(network.input_shape)
   for config in random_configs(traced, 4):
@@ -127,20 +138,23 @@ def assert_masked_equals_slim(plain, traced, variables, configs, x, train_modes=
         (expected, expected_stats), (got, got_stats) = expected, got
         sliced = plain_network.slim_variables(traced, expected_stats, config)
         jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                    atol=1e-4 * np.abs(b).max()),
             got_stats, sliced)
       scale = np.abs(expected).max()
       assert scale > 1e-3, 'logits too small to compare'
-      np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale,
+      # float32 rounding differs (sums over fewer channels), amplified by BatchNorm over a
+      # batch of 4 in train mode: 1e-4 of the logits' scale; a wrong channel gives O(1).
+      np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale,
                                  err_msg=f'train={train} config={config}')
 
 
 def test_slim_export_equals_masked_network(zoo_case):
-  network, plain, traced, variables, _ = zoo_case
+  network, plain, traced, variables, _, _ = zoo_case
   # ResNet-50 compiles slowest: fewer configs, inference only.
   count, modes = (2, (False,)) if network.name.startswith('resnet') else (3, (False, True))
   assert_masked_equals_slim(plain, traced, variables, random_configs(traced, count, seed=2),
-                            images(network.input_shape), modes)
+                            images(network.input_shape, batch=4), modes)
 
 
 def test_one_compilation_serves_every_config():
