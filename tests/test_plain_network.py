@@ -253,3 +253,21 @@ def test_bad_configs_are_refused():
   variables = plain.init(jax.random.key(0), images((8, 8, 3)))
   with pytest.raises(ValueError, match='expected'):
     slim.apply(variables, images((8, 8, 3)))  # max-width variables, not sliced
+
+
+def test_train_step_keeps_inactive_running_statistics():
+  """Training a sub-network updates its active channels' running statistics only: an
+  inactive channel's statistics are the max network's, not those of masked zeros."""
+  plain = ConcatTwiceBN()
+  traced = tracing.trace_network(plain, (8, 8, 3))
+  masked = plain_network.MaskedPlainNetwork(plain, traced)
+  x = images((8, 8, 3), batch=4)
+  variables = randomized(masked.init(jax.random.key(0), x))
+  config = {'a/conv': 3, 'b/conv': 2, 'c/conv': 5}
+  _, updates = masked.apply(variables, x, config, train=True, mutable=['batch_stats'])
+  old, new = variables['batch_stats'], updates['batch_stats']
+  np.testing.assert_array_equal(new['a']['bn']['mean'][3:], old['a']['bn']['mean'][3:])
+  np.testing.assert_array_equal(new['c']['bn']['var'][5:], old['c']['bn']['var'][5:])
+  concat = np.concatenate([np.arange(3, 8), np.arange(10, 14), np.arange(17, 22)])
+  np.testing.assert_array_equal(new['bn']['mean'][concat], old['bn']['mean'][concat])
+  assert not np.allclose(new['a']['bn']['mean'][:3], old['a']['bn']['mean'][:3])
