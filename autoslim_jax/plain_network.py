@@ -30,7 +30,6 @@ fails loudly, naming itself, instead of computing something else.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from typing import Any, Mapping, Sequence
 
