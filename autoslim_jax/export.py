@@ -4,7 +4,8 @@ Each layer keeps its lower-index channels (the active ones under the config's ma
 kernels are cut to [:, :, :in, :out], depthwise kernels to [..., :channels], dense kernels to
 [:in, :out], and biases, BatchNorm scales, offsets and running statistics to [:out]. The slim
 module is the same network built at the config's widths and run without masks, so its outputs
-equal the masked supernet's.
+equal the masked supernet's. A plain module's network (``plain_network.PlainNetwork``) is cut by
+the slices its traced units control instead.
 
 ``save_slim`` writes a directory a program can reload with ``load_slim``: ``model.json`` (the
 network, its factory arguments, the channels and resources) and ``variables.msgpack``.
@@ -26,6 +27,7 @@ from flax import traverse_util
 
 from autoslim_jax import files
 from autoslim_jax import models
+from autoslim_jax import plain_network
 from autoslim_jax.models.base import LayerRecord, Network
 
 MODEL_FILE = 'model.json'
@@ -48,6 +50,8 @@ def slim_variables(network: Network, variables: Mapping[str, Any], config: Mappi
                    ) -> dict:
   """Cuts supernet ``variables`` (params, batch_stats, ...) down to ``config``'s channels."""
   config = network.channel_space().validate(config)
+  if isinstance(network, plain_network.PlainNetwork):  # its variables are any module's
+    return plain_network.slim_variables(network.traced, variables, config)
   owners = {layer.path: layer for layer in network.layers}
   flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
   sliced = {}

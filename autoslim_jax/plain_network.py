@@ -41,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from autoslim_jax import channels as channels_lib
 from autoslim_jax import tracing
+from autoslim_jax.models.base import LayerRecord, Network
 
 Path = tuple[str, ...]
 
@@ -128,9 +130,12 @@ def slim_variables(traced: tracing.TracedNetwork, variables, config: Mapping[str
   controls = _axis_controls(traced)
   sliced = {}
   for path, value in _flat(variables).items():
-    value = np.asarray(value)
+    # Concrete arrays are cut on the host (export: no gather compiled per shape); a traced one
+    # (``SlimPlainNetwork.init`` under jit) is indexed as it is: the kept indices are static.
+    value = value if isinstance(value, jax.core.Tracer) else np.asarray(value)
     for axis, segments in controls.get(path, {}).items():
-      value = np.take(value, _kept_indices(value.shape[axis], segments, config), axis=axis)
+      keep = _kept_indices(value.shape[axis], segments, config)
+      value = value[(slice(None),) * axis + (keep,)]
     sliced[path] = value
   return traverse_util.unflatten_dict(sliced)
 
@@ -358,6 +363,13 @@ class SlimPlainNetwork:
     object.__setattr__(self, 'config', validate_config(self.traced, self.config))
     object.__setattr__(self, '_programs', {})
 
+  def init(self, rngs, images, config=None, train: bool = False):
+    """Slim variables: the max network's fresh ones, sliced (the plain module can only create
+    max-width variables; ``train.fit`` and the latency worker initialise slim networks)."""
+    del config  # the widths are this network's
+    kwargs = {'train': train} if _takes_train(self.module) else {}
+    return slim_variables(self.traced, self.module.init(rngs, images, **kwargs), self.config)
+
   def program(self, images, train: bool, mutable) -> _Program:
     key = (tuple(images.shape), str(images.dtype), train, repr(mutable))
     if key not in self._programs:
@@ -391,3 +403,41 @@ def export_slim(module: nn.Module, traced: tracing.TracedNetwork, variables,
                 config: Mapping[str, int]) -> tuple[SlimPlainNetwork, dict]:
   """The slim network of ``config`` and its (sliced) variables."""
   return SlimPlainNetwork(module, traced, config), slim_variables(traced, variables, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# A plain module as a ``Network``: what the pipeline, profile and export run.
+
+
+class PlainNetwork(Network):
+  """A plain ``flax.linen`` module, traced once, as a ``Network``.
+
+  ``models.create_network`` builds it when a model's factory returns a plain module instead of
+  a ``Network``: the module as written is the max (1.0x) network, its units are the tracer's
+  (named after their first producing layer), ``supernet()`` is the masked network and
+  ``slim_module(config)`` the slim one. A uniform width multiplier w keeps
+  ``make_divisible(max * w)`` channels of every unit, as the zoo's width multipliers do.
+  """
+
+  def __init__(self, name: str, module: nn.Module, input_shape: Sequence[int]):
+    traced = tracing.trace_network(module, input_shape)
+    self.module = module
+    self.traced = traced
+
+    def uniform(width_mult: float) -> dict[str, int]:
+      return {unit: min(width, channels_lib.make_divisible(width * width_mult))
+              for unit, width in traced.max_widths.items()}
+
+    super().__init__(name, lambda widths: SlimPlainNetwork(module, traced, widths),
+                     traced.max_widths, uniform, tuple(input_shape), traced.num_classes,
+                     description='plain flax module,')
+    self.input_segments = dict(traced.input_segments)
+    # One instance, so that whatever is compiled for the supernet is found again.
+    self._supernet = MaskedPlainNetwork(module, traced)
+
+  @property
+  def layers(self) -> tuple[LayerRecord, ...]:
+    return self.traced.layers
+
+  def supernet(self) -> MaskedPlainNetwork:
+    return self._supernet

@@ -124,7 +124,8 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
   if network.official_layout is not None:
     result['channel_num_list'] = network.config_to_list(config)
   result['layers'] = [dict(layer='/'.join(layer.path), kind=layer.kind,
-                           **resources_lib.layer_resources(layer, config))
+                           **resources_lib.layer_resources(layer, config,
+                                                           network.input_segments))
                       for layer in network.layers]
   return result
 

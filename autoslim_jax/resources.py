@@ -45,15 +45,17 @@ class ResourceModel:
       return (one, fixed) if unit is None else (index[unit], 1)
 
     for layer in network.layers:
-      (a, ca), (b, cb) = channels(layer.in_unit, layer.in_channels), channels(
-          layer.out_unit, layer.out_channels)
+      b, cb = channels(layer.out_unit, layer.out_channels)
       area = layer.out_height * layer.out_width
       k2 = layer.kernel_size ** 2
       if layer.kind == 'depthwise':  # one k x k filter per channel
-        a, ca = one, 1
-      weights = (a, b, k2 * ca * cb)
-      terms['params'].append(weights)
-      terms['macs'].append((a, b, k2 * ca * cb * area))
+        inputs = [(one, 1)]
+      else:  # a layer reading a concatenation: one product term per segment
+        inputs = [channels(unit, size) for unit, size in network.input_segments.get(
+            layer.path, ((layer.in_unit, layer.in_channels),))]
+      for a, ca in inputs:
+        terms['params'].append((a, b, k2 * ca * cb))
+        terms['macs'].append((a, b, k2 * ca * cb * area))
       if layer.has_bias:
         terms['params'].append((one, b, cb))
       if layer.batch_norm:  # scale and bias
@@ -85,9 +87,13 @@ class ResourceModel:
     return self.batch(np.array([[c[n] for n in self.unit_names] for c in configs]))
 
 
-def layer_resources(layer: LayerRecord, config: Mapping[str, int]) -> dict[str, int]:
-  """MACs and params of one layer under ``config`` (for per-layer tables)."""
-  cin = layer.in_channels if layer.in_unit is None else config[layer.in_unit]
+def layer_resources(layer: LayerRecord, config: Mapping[str, int],
+                    input_segments: Mapping[tuple[str, ...], Sequence] | None = None
+                    ) -> dict[str, int]:
+  """MACs and params of one layer under ``config`` (for per-layer tables); ``input_segments``
+  is the network's (``Network.input_segments``), for layers reading a concatenation."""
+  segments = (input_segments or {}).get(layer.path, ((layer.in_unit, layer.in_channels),))
+  cin = sum(size if unit is None else config[unit] for unit, size in segments)
   cout = layer.out_channels if layer.out_unit is None else config[layer.out_unit]
   per_output = layer.kernel_size ** 2 * (1 if layer.kind == 'depthwise' else cin)
   params = per_output * cout + (cout if layer.has_bias else 0) + (

@@ -40,8 +40,10 @@ def weight_decay_mask(network: Network, params) -> Any:
   """True for conv and dense kernels, except depthwise ones; False for BatchNorm and biases."""
   kinds = {layer.path: layer.kind for layer in network.layers}
   flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  # A layer's kernel is at (layer path, 'conv', 'kernel') for a SlimConv, at (layer path,
+  # 'kernel') for a plain module's layer (plain_network.PlainNetwork).
   return traverse_util.unflatten_dict({
-      key: key[-1] == 'kernel' and kinds.get(tuple(key[:-2])) != 'depthwise'
+      key: key[-1] == 'kernel' and 'depthwise' not in (kinds.get(key[:-2]), kinds.get(key[:-1]))
       for key in flat})
 
 

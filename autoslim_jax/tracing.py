@@ -80,27 +80,33 @@ class TracedNetwork:
 
   ``input_segments``: for a layer reading a channel concatenation, its input channels as
   ``(unit or None, channels)`` segments; its ``LayerRecord.in_unit`` is then ``None`` (the
-  record format has one input unit), so resources of such layers count the max input width.
+  record format has one input unit) and ``resources.ResourceModel`` counts its input channels
+  from the segments (``Network.input_segments``).
   ``logits_index``: which element of a tuple output is the logits (None: the output is one array).
+  ``num_classes``: the logits' last axis.
   """
   units: tuple[Unit, ...]
   layers: tuple[LayerRecord, ...]
   input_segments: Mapping[Path, tuple[tuple[str | None, int], ...]]
   input_shape: tuple[int, ...]
   logits_index: int | None
+  num_classes: int
 
   @property
   def max_widths(self) -> dict[str, int]:
     return {u.name: u.width for u in self.units}
 
-  def resource_network(self, name: str = 'traced', num_classes: int = 0) -> Network:
-    """A ``Network`` carrying the traced layer table, enough for ``resources.ResourceModel``
-    (it cannot build modules yet: the masked supernet of a plain module is phase 2)."""
+  def resource_network(self, name: str = 'traced') -> Network:
+    """A ``Network`` carrying the traced layer table and input segments, enough for
+    ``resources.ResourceModel`` without a module (``plain_network.PlainNetwork`` is the whole
+    network)."""
     def build(widths):
-      raise NotImplementedError('building a traced plain network is not implemented yet')
+      raise NotImplementedError('a resource network builds no module; use '
+                                'plain_network.PlainNetwork')
     network = Network(name, build, self.max_widths, lambda mult: dict(self.max_widths),
-                      tuple(self.input_shape), num_classes)
+                      tuple(self.input_shape), self.num_classes)
     network.__dict__['layers'] = self.layers  # fills the cached property: nothing to re-trace
+    network.input_segments = dict(self.input_segments)
     return network
 
 
@@ -711,6 +717,10 @@ def trace_network(module: nn.Module, input_shape: Sequence[int],
   elif not isinstance(out_tree, jax.ShapeDtypeStruct):
     raise TracingError(f'{type(module).__name__} returns {type(out_tree).__name__}; return the '
                        'logits, or a tuple with the logits first')
+  logits = out_tree if logits_index is None else out_tree[logits_index]
+  if logits.shape[:1] != (TRACE_BATCH,) or len(logits.shape) != 2:
+    raise TracingError(f'{type(module).__name__} returns logits of shape {logits.shape} for '
+                       f'{TRACE_BATCH} images; the logits must be [batch, classes]')
 
   tracer = _Tracer(variable_paths, param_paths)
   var_labels = [tracer.fresh(np.shape(leaf)) for _, leaf in leaves]
@@ -723,4 +733,5 @@ def trace_network(module: nn.Module, input_shape: Sequence[int],
   outs, _ = tracer.run(closed.jaxpr, var_labels + [image_labels],
                        list(variable_paths) + [None], '')
   units, records, segments = _resolve(tracer, var_labels, outs)
-  return TracedNetwork(units, records, segments, tuple(input_shape), logits_index)
+  return TracedNetwork(units, records, segments, tuple(input_shape), logits_index,
+                       logits.shape[-1])

@@ -2,8 +2,9 @@
 
 ``name`` is a registered name (``MODELS``) or a user's factory given by where it lives:
 ``'package.module:function'`` (importable) or ``'path/to/file.py:function'``. The factory returns
-a ``Network`` built from ``autoslim_jax.layers``; nothing in the package needs to change, and the
-same name rebuilds the network in other processes (latency worker, ``export.load_slim``).
+a plain ``flax.linen`` module (traced: ``plain_network.PlainNetwork``) or a ``Network`` built from
+``autoslim_jax.layers``; nothing in the package needs to change, and the same name rebuilds the
+network in other processes (latency worker, ``export.load_slim``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import inspect
 import os
 import sys
 from typing import Callable
+
+import flax.linen as nn
 
 from autoslim_jax.models.base import LayerRecord, Network, trace_layers
 from autoslim_jax.models.mnasnet import mnasnet
@@ -78,19 +81,52 @@ def factory_parameters(name: str) -> tuple[str, ...]:
   return tuple(inspect.signature(get_factory(name)).parameters)
 
 
+# The factory arguments that give a plain module's input shape: images of
+# (image_size, image_size, in_channels), as the zoo's factories take them.
+PLAIN_INPUT_ARGUMENTS = ('image_size', 'in_channels')
+
+
 def create_network(name: str, **kwargs) -> Network:
-  """Builds network ``name`` (registered or ``'module:function'``) with its factory's arguments."""
-  network = get_factory(name)(**kwargs)
-  if not isinstance(network, Network):
-    raise ValueError(f'model {name!r}: the factory returned {type(network).__name__}, not an '
-                     'autoslim_jax.models.Network')
+  """Builds network ``name`` (registered or ``'module:function'``) with its factory's arguments.
+
+  A factory may return a plain ``flax.linen`` module (at its max widths) instead of a
+  ``Network``: it is traced (``plain_network.PlainNetwork``) on images of the shape its
+  ``image_size`` and ``in_channels`` arguments give (from ``kwargs`` or their defaults).
+  """
+  factory = get_factory(name)
+  network = factory(**kwargs)
   where, _, function = name.rpartition(':')
   if where.endswith('.py'):  # a path that still works from another working directory
     name = f'{os.path.abspath(where)}:{function}'
+  if isinstance(network, nn.Module):
+    network = _plain_network(name, factory, network, kwargs)
+  if not isinstance(network, Network):
+    raise ValueError(f'model {name!r}: the factory returned {type(network).__name__}, not an '
+                     'autoslim_jax.models.Network or a flax.linen module')
   network.name = name  # the name that rebuilds it, e.g. in the latency worker or load_slim
   return network
 
 
-__all__ = ['LayerRecord', 'MODELS', 'Network', 'create_network', 'factory_parameters',
+def _plain_network(name: str, factory: Callable, module: nn.Module, kwargs) -> Network:
+  # Imported here: plain_network imports this package's base module.
+  from autoslim_jax import plain_network  # pylint: disable=g-import-not-at-top
+  from autoslim_jax import tracing  # pylint: disable=g-import-not-at-top
+  parameters = inspect.signature(factory).parameters
+  missing = [k for k in PLAIN_INPUT_ARGUMENTS if k not in parameters]
+  if missing:
+    raise ValueError(f'model {name!r} returns a plain flax module ({type(module).__name__}); to '
+                     f'trace it, its function must take the arguments {list(PLAIN_INPUT_ARGUMENTS)}'
+                     f' (images of image_size x image_size x in_channels), but it lacks {missing}'
+                     f' (it takes {sorted(parameters)})')
+  size, channels = (kwargs[k] if k in kwargs else parameters[k].default
+                    for k in PLAIN_INPUT_ARGUMENTS)
+  try:
+    return plain_network.PlainNetwork(name, module, (size, size, channels))
+  except tracing.TracingError as e:
+    raise tracing.TracingError(f'model {name!r}: {e}') from None
+
+
+__all__ = ['LayerRecord', 'MODELS', 'Network', 'PLAIN_INPUT_ARGUMENTS', 'create_network',
+           'factory_parameters',
            'get_factory', 'register',
            'trace_layers']

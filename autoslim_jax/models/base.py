@@ -97,6 +97,9 @@ class Network:
     self.official_layout = official_layout
     self.max_width_mult = max_width_mult
     self.description = description
+    # Layer path -> its input channels as (unit or None, channels) segments, for a layer that
+    # reads a channel concatenation (its LayerRecord has one in_unit, None); the zoo has none.
+    self.input_segments: dict[tuple[str, ...], tuple[tuple[str | None, int], ...]] = {}
 
   def __repr__(self):
     return (f'Network({self.name!r}, {self.description or ""} max width {self.max_width_mult}x, '
