@@ -92,6 +92,9 @@ def batch_statistics(module: nn.Module, variables: Mapping, images: jax.Array,
   so calibration does not depend on (or need to invert) any layer's momentum. The variance is
   the mean of squared deviations from the batch mean (two passes on the device: no cancellation).
   """
+  of_module = getattr(module, 'batch_statistics', None)
+  if of_module is not None:  # a slim plain network: no BatchNorm module call to intercept
+    return of_module(variables, images, batch_statistics)
   captured = {}
 
   def capture(next_fun, args, kwargs, context):

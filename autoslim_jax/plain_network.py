@@ -37,6 +37,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.extend.core as jcore
+from jax._src import core as jax_core  # pylint: disable=g-direct-jax-src-import
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -310,7 +311,7 @@ class _Evaluation:
         sub_jaxpr, sub_consts = sub
         outs = self.run(sub_jaxpr, sub_consts, ins[len(ins) - len(sub_jaxpr.invars):])
       else:
-        outs = eqn.primitive.bind(*ins, **_slim_params(eqn, ins, wants))
+        outs = eqn.primitive.bind(*_same_varying_axes(ins), **_slim_params(eqn, ins, wants))
         if not eqn.primitive.multiple_results:
           outs = [outs]
       for v, out, want in zip(eqn.outvars, outs, wants):
@@ -321,6 +322,15 @@ class _Evaluation:
         if not isinstance(v, jcore.DropVar):
           values[v] = out
     return [read(v) for v in jaxpr.outvars]
+
+
+def _same_varying_axes(values):
+  """Inside ``shard_map`` (the train steps), operands must vary over the same mesh axes: the
+  images vary over the data axis, the replicated variables do not. ``jax.lax``'s functions cast
+  them before binding a primitive; the equations here are bound directly, so they are cast the
+  same way (jax's own helper; where this jax lacks it, nothing is cast)."""
+  cast = getattr(jax_core, 'auto_insert_reshard', None)
+  return list(values) if cast is None or len(values) < 2 else list(cast(*values))
 
 
 def _slim_params(eqn, ins, wants) -> dict:
@@ -369,6 +379,26 @@ class SlimPlainNetwork:
     del config  # the widths are this network's
     kwargs = {'train': train} if _takes_train(self.module) else {}
     return slim_variables(self.traced, self.module.init(rngs, images, **kwargs), self.config)
+
+  def batch_statistics(self, variables, images, statistics):
+    """``statistics`` (``evaluate.batch_statistics``) of this slim network, taken from the
+    masked network at this config: BatchNorm inputs cannot be intercepted in a re-evaluated
+    jaxpr, and the masked network's active channels are the slim network's. The slim variables
+    are placed in zero max-width ones (inactive entries do not reach active channels)."""
+    kwargs = {'train': False} if _takes_train(self.module) else {}
+    shapes = jax.eval_shape(lambda x: self.module.init(jax.random.key(0), x, **kwargs), images)
+    controls = _axis_controls(self.traced)
+    widened = {}
+    for path, value in _flat(variables).items():
+      axes = controls.get(path, {})
+      full = _flat(shapes)[path]
+      index = tuple(
+          _kept_indices(n, axes[axis], self.config) if axis in axes else np.arange(n)
+          for axis, n in enumerate(full.shape))
+      widened[path] = jnp.zeros(full.shape, full.dtype).at[np.ix_(*index)].set(value)
+    stats = statistics(MaskedPlainNetwork(self.module, self.traced),
+                       traverse_util.unflatten_dict(widened), images, self.config)
+    return slim_variables(self.traced, {'batch_stats': stats}, self.config)['batch_stats']
 
   def program(self, images, train: bool, mutable) -> _Program:
     key = (tuple(images.shape), str(images.dtype), train, repr(mutable))

@@ -7,13 +7,16 @@ r"""Prints the MACs, params and memory of a network config.
   python -m autoslim_jax.profile --model=mobilenet_v2 --channels=searched.json --per_layer
   python -m autoslim_jax.profile --model=mobilenet_v2 --width=1.0 --latency
   python -m autoslim_jax.profile --model=resnet50 --published=2G --per_layer
-  python -m autoslim_jax.profile --model=my_cnn.py:my_cnn --width=1.0
+  python -m autoslim_jax.profile --model=my_cnn.py:my_cnn --width=1.0 --per_layer
 
 ``--channels`` takes a list in the official ``channel_num_list`` layout or a JSON object
 {unit: channels} (a search result or an exported ``model.json``, whose ``channels`` are read),
 inline or as a file; ``--published`` one of the paper's AutoSlim networks
 (``autoslim_jax/published.py``). ``--model`` is a registered name (mobilenet_v1, mobilenet_v2,
-mnasnet, resnet50) or a user's factory, ``module:function`` or ``file.py:function``.
+mnasnet, resnet50) or a user's factory, ``module:function`` or ``file.py:function`` (returning a
+plain flax module or a ``Network``). The table lists the units (with ``--per_layer``, the layers
+writing each: for a plain module, the units its trace found) and, with ``--per_layer``, every
+layer.
 Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency`` adds the measured
 median time of one image through the slim network on one CPU thread (``autoslim_jax/latency.py``).
 """
@@ -30,6 +33,7 @@ from absl import flags
 
 from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
+from autoslim_jax import plain_network
 from autoslim_jax import published as published_lib
 from autoslim_jax import resources as resources_lib
 
@@ -98,19 +102,23 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
     if max_width is None:
       max_width = published_lib.SUPERNET_WIDTH[model]
   kwargs = factory_kwargs(model, layout=layout, image_size=image_size, num_classes=num_classes)
-  if max_width is not None:
-    kwargs['width_mult'] = max_width
-  elif width is not None:
-    default_max = models.create_network(model, **kwargs).max_width_mult
-    kwargs['width_mult'] = max(width, default_max)
   network = models.create_network(model, **kwargs)
+  wanted_max = max_width if max_width is not None else max(width or 0, network.max_width_mult)
+  if wanted_max != network.max_width_mult:
+    if (isinstance(network, plain_network.PlainNetwork)
+        or 'width_mult' not in models.factory_parameters(model)):
+      raise ValueError(f'model {model} is its own max network ({network.max_width_mult}x: a '
+                       f'plain module, or a factory without width_mult); a width or --max_width '
+                       f'of {wanted_max} is above it')
+    kwargs['width_mult'] = wanted_max
+    network = models.create_network(model, **kwargs)
   if width is not None:
     config = network.uniform_config(width)
   else:
     config = config_from_value(network, channels)
   result = {
       'model': network.name,
-      'layout': layout,
+      'layout': layout if 'layout' in models.factory_parameters(model) else None,
       'input_shape': list(network.input_shape),
       'num_classes': network.num_classes,
       'max_width': network.max_width_mult,
@@ -123,6 +131,10 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
       result['latency_ms'] = meter.measure(config)
   if network.official_layout is not None:
     result['channel_num_list'] = network.config_to_list(config)
+  # A unit's layers: those writing it (a plain module's units are found by tracing it).
+  result['units'] = [dict(unit=unit, channels=config[unit], max=network.max_widths[unit],
+                          layers=['/'.join(l.path) for l in network.layers if l.out_unit == unit])
+                     for unit in network.unit_names]
   result['layers'] = [dict(layer='/'.join(layer.path), kind=layer.kind,
                            **resources_lib.layer_resources(layer, config,
                                                            network.input_segments))
@@ -146,7 +158,8 @@ def format_table(result: Mapping[str, Any], per_layer: bool = False) -> str:
   what = (f'uniform {result["width"]}x' if result['width'] is not None
           else 'channel config')
   lines = [
-      f'model    {result["model"]} ({result["layout"]} layout, {height}x{width}x{depth}, '
+      f'model    {result["model"]} ('
+      + (f'{result["layout"]} layout, ' if result['layout'] else '') + f'{height}x{width}x{depth}, '
       f'{result["num_classes"]} classes), {what} of the {result["max_width"]}x supernet',
       f'MACs     {result["macs"] / 1e6:10.2f} M  ({result["macs"]:,})',
       f'params   {result["params"] / 1e6:10.3f} M  ({result["params"]:,})',
@@ -156,6 +169,9 @@ def format_table(result: Mapping[str, Any], per_layer: bool = False) -> str:
     lines.append(f'latency  {result["latency_ms"]:10.3f} ms (median at batch 1, one CPU thread)')
   if 'channel_num_list' in result:
     lines.append(f'channel_num_list {json.dumps(result["channel_num_list"])}')
+  lines.append(f'\n{"unit":28s} {"channels":>8s} {"max":>5s}' + ('  layers' if per_layer else ''))
+  lines += [f'{u["unit"]:28s} {u["channels"]:8d} {u["max"]:5d}'
+            + (f'  {", ".join(u["layers"])}' if per_layer else '') for u in result['units']]
   if per_layer:
     lines.append(f'\n{"layer":28s} {"kind":9s} {"in":>5s} {"out":>5s} {"MACs":>12s} '
                  f'{"params":>9s}')
@@ -177,6 +193,8 @@ def main(argv: Sequence[str]) -> None:
   if _JSON.value:
     if not _PER_LAYER.value:
       del result['layers']
+      for unit in result['units']:
+        del unit['layers']
     print(json.dumps(result, indent=1))
   else:
     print(format_table(result, _PER_LAYER.value))
