@@ -3,6 +3,7 @@ resources count a concatenation's segments, export / save / load / retraining wo
 networks, profile lists its units, and the whole pipeline runs from the command line
 (tests/plain_cnn.py: residual, depthwise, squeeze-and-excite, concatenation)."""
 
+import importlib.util
 import json
 import os
 
@@ -13,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from autoslim_jax import defaults
 from autoslim_jax import export
 from autoslim_jax import models
 from autoslim_jax import plain_network
@@ -105,3 +107,18 @@ def test_whole_pipeline_from_the_command_line(tmp_path):
   assert description['channels'] == searched['channels']
   logits = module.apply(variables, np.zeros((2, 8, 8, 1), np.float32), train=False)
   assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+
+
+def test_readme_plain_example(tmp_path):
+  """The README's plain-module example traces to the units its comment names, and its config is
+  valid (model_kwargs are the function's arguments)."""
+  readme = open(os.path.join(HERE, '..', 'README.md')).read()
+  code = readme.split('```python\n# my_plain_cnn.py', 1)[1].split('```', 1)[0]
+  user_file = tmp_path / 'my_plain_cnn.py'
+  user_file.write_text('# my_plain_cnn.py' + code)
+  network = models.create_network(f'{user_file}:my_plain_cnn')
+  assert network.max_widths == {'conv1': 32, 'conv3': 64}
+  spec = importlib.util.spec_from_file_location('my_plain_cnn_config', user_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  defaults.check_config(module.get_config())
