@@ -2,9 +2,9 @@
 
 The official AutoSlim configs silently trained without distillation because a key was read under
 another name (design.md, section 4). Grepping a key's last name cannot catch that here: 36 of
-the 68 keys share their last name with another key (``retrain.num_epochs``, ``supernet.num_epochs``),
-so an unread ``retrain.X`` passed whenever ``supernet.X`` was read, and comments and messages
-counted as reads.
+the 66 keys share their last name with another key (``retrain.num_epochs`` and
+``supernet.num_epochs``), so an unread ``retrain.X`` passed whenever ``supernet.X`` was read, and
+comments and messages counted as reads.
 
 This check follows the config object itself through the package's syntax trees (``ast``: a
 comment or a string is never a read). It starts where the commands get the config
@@ -238,7 +238,8 @@ class ConfigReads:
         elif isinstance(child, ast.expr):
           self._eval(child, scope)
         elif isinstance(child, ast.excepthandler):
-          self._eval(child.type, scope) if child.type is not None else None
+          if child.type is not None:
+            self._eval(child.type, scope)
           self._visit_body(child.body, scope)
 
   def _import(self, node, scope):
@@ -261,8 +262,6 @@ class ConfigReads:
   def _members(self, module, name):
     if f'{module}.{name}' in self.modules:
       return {('mod', f'{module}.{name}')}
-    if f'{module}.__init__' in self.modules:  # a package's own names
-      module = f'{module}.__init__'
     scope = self.modules.get(module)
     return set(scope.env.get(name, ())) if scope is not None else set()
 
