@@ -245,7 +245,8 @@ def scratch_accuracy(config: ml_collections.ConfigDict, workdir: str, network,
                      ) -> float:
   """Test accuracy (after calibration) of ``channels`` trained from scratch with the retrain
   recipe in ``workdir`` (resumed from its checkpoints, like the pipeline's retraining)."""
-  state = retrain.train_slim(config, workdir, network, channels, source, name)
+  training_network, _ = pipeline.build_network(config, config.retrain.compute_dtype)
+  state = retrain.train_slim(config, workdir, training_network, channels, source, name)
   _, metrics = pipeline.Evaluator(config, source).calibrated_test(
       network.slim_module(channels), retrain.trained_variables(state))
   return metrics['accuracy']

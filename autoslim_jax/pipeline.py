@@ -111,7 +111,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   defaults.check_config(config)
   stages = defaults.parse_stages(config.stages)
   network, space = build_network(config)
+  # Each training stage computes in its own compute_dtype (params stay float32); the search,
+  # calibration and test run the float32 network.
   training_network, _ = build_network(config, config.supernet.compute_dtype)
+  retrain_network, _ = build_network(config, config.retrain.compute_dtype)
   source = input_pipeline.create_source(config.dataset)
   check_before_compiling(config, network, space, source)
   searched = published_targets(config, network) if config.retrain.published else None
@@ -133,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   retrain_dir = os.path.join(workdir, 'retrain')
   retrained = None
   if 'retrain' in stages or files.is_dir(retrain_dir):
-    retrained = retrain.run_retrain(config, retrain_dir, network, searched, source,
+    retrained = retrain.run_retrain(config, retrain_dir, retrain_network, searched, source,
                                     restore_only='retrain' not in stages)
   if retrained is None and config.retrain.published:
     raise ValueError(f'the published networks are not retrained in {retrain_dir}; add retrain to '

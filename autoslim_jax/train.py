@@ -164,6 +164,21 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
       source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation)
   writer = metrics_lib.MetricWriter(workdir)
 
+  def check_finite(history, step, when):
+    """Stops the run at the first non-finite step of ``history`` (the steps up to ``step``)."""
+    bad = [step - len(history) + 1 + i for i, m in enumerate(history) if not m['finite']]
+    if bad:
+      first = history[bad[0] - (step - len(history) + 1)]
+      members = [k[len('loss_'):] for k, v in first.items()
+                 if k.startswith('loss_') and not np.isfinite(v)]
+      where = (f'the loss of sub-network(s) {", ".join(members)}' if members else
+               'the gradient (every sub-network\'s loss was finite)')
+      raise NonFiniteLossError(
+          f'{name}: non-finite {where} at step {bad[0]} (steps {step - len(history) + 1}-'
+          f'{step} were checked {when}); those updates were not applied and the last '
+          f'good checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning '
+          f'rate or use float32.')
+
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
     for step in range(start_step + 1, total_steps + 1):
@@ -172,18 +187,7 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
       is_last = step == total_steps
       if step % cfg.log_every_steps == 0 or is_last:
         history = jax.device_get(pending)
-        bad = [step - len(history) + 1 + i for i, m in enumerate(history) if not m['finite']]
-        if bad:
-          first = history[bad[0] - (step - len(history) + 1)]
-          members = [k[len('loss_'):] for k, v in first.items()
-                     if k.startswith('loss_') and not np.isfinite(v)]
-          where = (f'the loss of sub-network(s) {", ".join(members)}' if members else
-                   'the gradient (every sub-network\'s loss was finite)')
-          raise NonFiniteLossError(
-              f'{name}: non-finite {where} at step {bad[0]} (steps {step - len(history) + 1}-'
-              f'{step} were checked at this log); those updates were not applied and the last '
-              f'good checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning '
-              f'rate or use float32.')
+        check_finite(history, step, 'at this log')
         seconds = time.perf_counter() - last_log_time
         steps_done = step - last_log_step
         scalars = {k: float(np.mean([m[k] for m in history])) for k in history[0]
@@ -197,6 +201,11 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
           (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or is_last):
         writer.write_scalars(step, evaluate_fn(state))
       if step % cfg.checkpoint_every_steps == 0 or is_last or step == stop_after_step:
+        # The steps since the last log first (its period need not divide the checkpoints'): a
+        # checkpoint written after a skipped non-finite step would hold a state that no run
+        # reaches, under the wrong step, and be kept as the good one.
+        if pending:
+          check_finite(jax.device_get(pending), step, 'before the checkpoint of this step')
         checkpoints.save(state)
       if step == stop_after_step:
         break

@@ -108,3 +108,42 @@ def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(tmp_path):
   # the diverged state never reached a checkpoint
   assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
 
+
+
+def test_divergence_after_a_checkpoint_keeps_it_and_a_rerun_resumes_from_it(
+    tmp_path, monkeypatch, caplog):
+  """A run that checkpoints step 2 and meets a corrupt batch (a NaN pixel) at step 3: it stops
+  naming step 3, before any later checkpoint (here step 4, before its log at step 6: steps not
+  yet checked are checked before a checkpoint is written), and keeps the checkpoint of step 2.
+  Rerun with good data, it resumes from that checkpoint and ends where a run that never met the
+  bad batch ends: the kept checkpoint is the good state of step 2."""
+  config = _config(steps=6)
+  config.supernet.update(dict(log_every_steps=6, checkpoint_every_steps=2))
+  straight = _train(config, tmp_path / 'straight')
+
+  train_batches, starts, corrupt = input_pipeline.train_batches, [], [True]
+
+  def batches_with_a_corrupt_step_3(source, batch_size, seed, start_step, *args):
+    starts.append(start_step)
+    for step, batch in enumerate(train_batches(source, batch_size, seed, start_step, *args),
+                                 start_step + 1):
+      if step == 3 and corrupt[0]:
+        batch = dict(batch, image=batch['image'].copy())
+        batch['image'][0, 0, 0, 0] = np.nan
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', batches_with_a_corrupt_step_3)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'non-finite the loss of sub-network\(s\) max, min at step 3 .*the '
+                           r'last good checkpoint \(step 2\) is kept'):
+    _train(config, tmp_path / 'diverged')
+  assert sorted(os.listdir(tmp_path / 'diverged' / 'checkpoints')) == ['2']
+
+  corrupt[0] = False
+  with caplog.at_level('INFO'):
+    resumed = _train(config, tmp_path / 'diverged')
+  assert 'resumed from the checkpoint of step 2' in caplog.text
+  assert starts == [0, 2] and int(resumed.step) == 6
+  for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats)),
+                  jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
