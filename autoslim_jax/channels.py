@@ -89,10 +89,11 @@ class ChannelSpace:
     min_ratio: the narrowest width as a fraction of the max width (min width / max width, e.g.
       0.15x / 1.5x = 0.1), which sets k_min.
     divisor: channel counts are rounded to multiples of this.
+    fixed_units: units whose only choice is their max width.
   """
 
   def __init__(self, max_widths: Mapping[str, int], groups: int = 10, min_ratio: float = 0.1,
-               divisor: int = 8):
+               divisor: int = 8, fixed_units: Sequence[str] = ()):
     if groups < 1:
       raise ValueError(f'groups must be >= 1, got {groups}')
     if not 0 < min_ratio <= 1:
@@ -102,7 +103,8 @@ class ChannelSpace:
     self.divisor = divisor
     self.k_min = min_group_index(groups, min_ratio)
     self.units = tuple(
-        ChannelUnit(name, int(c), unit_choices(int(c), groups, self.k_min, divisor))
+        ChannelUnit(name, int(c), (int(c),) if name in fixed_units
+                    else unit_choices(int(c), groups, self.k_min, divisor))
         for name, c in max_widths.items())
     self.unit_names = tuple(u.name for u in self.units)
     self._by_name = {u.name: u for u in self.units}

@@ -28,6 +28,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # the paper's 10 groups for 0.15x-1.5x give k_min = 1.
   config.groups = 10
   config.min_width = 0.15
+  # Units kept at their max width, by name: never sampled narrower, slimmed by the search or
+  # scaled in the uniform baselines (`python -m autoslim_jax.profile --model=M --width=1` lists
+  # the units). E.g. ('stem',) for a first layer a deployment needs whole.
+  config.fixed_units = ()
 
   config.dataset = ml_collections.ConfigDict()
   # digits | npz | folder | cifar10 | imagenet2012 | any prepared tfds data set (input_pipeline)

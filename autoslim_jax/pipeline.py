@@ -59,6 +59,7 @@ def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
     raise ValueError(f'compute_dtype {dtype} needs a dtype argument in the factory of model '
                      f'{config.model!r}; its arguments: {sorted(parameters)}')
   network = models.create_network(config.model, **kwargs)
+  network.fix_units(config.fixed_units)
   if not 0 < config.min_width <= network.max_width_mult:
     raise ValueError(f'min_width {config.min_width} must be in (0, max width '
                      f'{network.max_width_mult}]')

@@ -92,17 +92,39 @@ def test_profile_lists_the_units_and_their_layers():
              for line in table.splitlines())
 
 
+def network_max_config():
+  return dict(UNITS)
+
+
+def test_fixed_units_keep_their_max_width_everywhere():
+  """config.fixed_units: one choice (the max) in the space, so no sample, greedy step or
+  uniform baseline narrows it; an unknown name is refused with the units listed."""
+  network = models.create_network(PLAIN_CNN, image_size=8)
+  network.fix_units(('expand',))
+  space = network.channel_space(10, 0.1)
+  assert space['expand'].choices == (32,) and space.min_config()['expand'] == 32
+  assert all(unit != 'expand' for unit, _ in space.slimming_candidates(space.max_config()))
+  assert network.uniform_config(0.5)['expand'] == 32 and network.uniform_config(0.5)['res1'] < 16
+  with pytest.raises(ValueError, match=r"config.fixed_units: unknown unit\(s\) \['expnd'\] .*"
+                     r"the units are \['stem', "):
+    network.fix_units(('expnd',))
+
+
 def test_whole_pipeline_from_the_command_line(tmp_path):
   workdir = tmp_path / 'run'
   overrides = [a for a in SHORT_QUICKSTART if not a.startswith(('--config=', '--config.model=',
                                                                  '--config.search.targets'))]
-  run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}', *overrides)
+  run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}', *overrides,
+      "--config.fixed_units=('expand',)")
   results = json.loads((workdir / 'results.json').read_text())
   assert results['model'] == PLAIN_CNN and results['units'] == list(UNITS)
   (target,) = results['targets']
   searched = target['autoslim']
   assert searched['macs'] <= target['value'] and target['uniform']['macs'] <= target['value']
   assert all(1 <= searched['channels'][u] <= width for u, width in UNITS.items())
+  # config.fixed_units: the pinned unit stays whole in the searched and the uniform net.
+  assert searched['channels']['expand'] == target['uniform']['channels']['expand'] == 32
+  assert searched['channels'] != network_max_config()
   module, variables, description = export.load_slim(searched['export'])
   assert description['channels'] == searched['channels']
   logits = module.apply(variables, np.zeros((2, 8, 8, 1), np.float32), train=False)

@@ -100,6 +100,9 @@ class Network:
     # Layer path -> its input channels as (unit or None, channels) segments, for a layer that
     # reads a channel concatenation (its LayerRecord has one in_unit, None); the zoo has none.
     self.input_segments: dict[tuple[str, ...], tuple[tuple[str | None, int], ...]] = {}
+    # Units kept at their max width everywhere: never sampled narrower, slimmed or scaled by a
+    # uniform width (config.fixed_units; fix_units).
+    self.fixed_units: tuple[str, ...] = ()
 
   def __repr__(self):
     return (f'Network({self.name!r}, {self.description or ""} max width {self.max_width_mult}x, '
@@ -119,7 +122,18 @@ class Network:
 
   def channel_space(self, groups: int = 10, min_ratio: float = 0.1, divisor: int = 8
                     ) -> channels_lib.ChannelSpace:
-    return channels_lib.ChannelSpace(self.max_widths, groups, min_ratio, divisor)
+    return channels_lib.ChannelSpace(self.max_widths, groups, min_ratio, divisor,
+                                     self.fixed_units)
+
+  def fix_units(self, names) -> None:
+    """Keeps units ``names`` at their max width in every space, sample, search step and
+    uniform baseline of this network (a layer that must stay whole, say a stem a deployment
+    target requires)."""
+    unknown = [name for name in names if name not in self.max_widths]
+    if unknown:
+      raise ValueError(f'config.fixed_units: unknown unit(s) {unknown} of {self.name}; the units '
+                       f'are {list(self.max_widths)}')
+    self.fixed_units = tuple(names)
 
   @functools.cached_property
   def layers(self) -> tuple[LayerRecord, ...]:
@@ -136,7 +150,8 @@ class Network:
     """The uniform width-multiplier network as a config of this supernet."""
     if width_mult <= 0:
       raise ValueError(f'width multiplier must be positive, got {width_mult}')
-    config = self._width_config(width_mult)
+    config = {**self._width_config(width_mult),
+              **{name: self.max_widths[name] for name in self.fixed_units}}
     return self.channel_space().validate(
         config, where=f'{width_mult}x uniform config of the {self.max_width_mult}x {self.name}')
 
