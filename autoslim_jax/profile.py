@@ -10,7 +10,8 @@ r"""Prints the MACs, params and memory of a network config.
   python -m autoslim_jax.profile --model=my_cnn.py:my_cnn --width=1.0 --per_layer
 
 ``--channels`` takes a list in the official ``channel_num_list`` layout or a JSON object
-{unit: channels} (a search result or an exported ``model.json``, whose ``channels`` are read),
+{unit: channels} (a search result or an exported ``model.json``, whose ``channels`` are read;
+a ``model.json`` also gives the network, its model and arguments, unless ``--model`` is given),
 inline or as a file; ``--published`` one of the paper's AutoSlim networks
 (``autoslim_jax/published.py``). ``--model`` is a registered name (mobilenet_v1, mobilenet_v2,
 mnasnet, resnet50) or a user's factory, ``module:function`` or ``file.py:function`` (returning a
@@ -72,12 +73,12 @@ def read_channels(text: str) -> Any:
   except json.JSONDecodeError as e:
     raise ValueError(f'{source} is neither a file nor JSON ({e}); give a list such as '
                      '[8, 8, 96, ...] or an object {"stem": 16, ...}') from None
-  if isinstance(value, dict) and isinstance(value.get('channels'), dict):
-    value = value['channels']  # a search result or an exported model.json
   return value
 
 
 def config_from_value(network: models.Network, value: Any) -> dict[str, int]:
+  if isinstance(value, dict) and isinstance(value.get('channels'), dict):
+    value = value['channels']  # a search result or an exported model.json
   if isinstance(value, dict):
     return network.channel_space().validate(value)
   if isinstance(value, list):
@@ -85,14 +86,25 @@ def config_from_value(network: models.Network, value: Any) -> dict[str, int]:
   raise ValueError(f'channels must be a list or a JSON object, got {type(value).__name__}')
 
 
+def exported_network(value: Any) -> tuple[str, dict[str, Any]] | None:
+  """(model, model_kwargs) of an exported ``model.json``'s contents, which describe their own
+  network (a 1-channel 8x8 digits net, say); None for any other channel value."""
+  if isinstance(value, dict) and {'model', 'model_kwargs', 'channels'} <= set(value):
+    return value['model'], dict(value['model_kwargs'])
+  return None
+
+
 def profile(model: str, layout: str = 'imagenet', width: float | None = None,
             channels: Any = None, max_width: float | None = None,
             image_size: int | None = None, num_classes: int | None = None,
-            latency: bool = False, published: str | None = None) -> dict[str, Any]:
+            latency: bool = False, published: str | None = None,
+            model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Resources of a uniform width, a channel config (list or dict) or a published AutoSlim
   network (``published``, e.g. '305M'), as a JSON-able dict.
 
-  ``latency`` adds ``latency_ms``, measured (``latency.LatencyMeter``) rather than counted.
+  ``model_kwargs`` builds the network with exactly these arguments (an export's), in place of
+  ``layout``, ``max_width``, ``image_size`` and ``num_classes``. ``latency`` adds
+  ``latency_ms``, measured (``latency.LatencyMeter``) rather than counted.
   """
   if sum(x is not None for x in (width, channels, published)) != 1:
     raise ValueError('give exactly one of a uniform width (--width), channels (--channels) or '
@@ -101,8 +113,14 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
     channels = list(published_lib.get(model, published).channel_num_list)
     if max_width is None:
       max_width = published_lib.SUPERNET_WIDTH[model]
-  kwargs = factory_kwargs(model, layout=layout, image_size=image_size, num_classes=num_classes)
-  network = models.create_network(model, **kwargs)
+  if model_kwargs is not None:
+    kwargs = dict(model_kwargs)
+    network = models.create_network(model, **kwargs)
+    max_width = network.max_width_mult
+  else:
+    kwargs = factory_kwargs(model, layout=layout, image_size=image_size,
+                            num_classes=num_classes)
+    network = models.create_network(model, **kwargs)
   wanted_max = max_width if max_width is not None else max(width or 0, network.max_width_mult)
   if wanted_max != network.max_width_mult:
     if (isinstance(network, plain_network.PlainNetwork)
@@ -118,7 +136,8 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
     config = config_from_value(network, channels)
   result = {
       'model': network.name,
-      'layout': layout if 'layout' in models.factory_parameters(model) else None,
+      'layout': kwargs.get('layout', layout) if 'layout' in models.factory_parameters(model)
+                else None,
       'input_shape': list(network.input_shape),
       'num_classes': network.num_classes,
       'max_width': network.max_width_mult,
@@ -185,8 +204,13 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
     channels = None if _CHANNELS.value is None else read_channels(_CHANNELS.value)
-    result = profile(_MODEL.value, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
-                     _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value, _PUBLISHED.value)
+    model, model_kwargs = _MODEL.value, None
+    exported = exported_network(channels)
+    if exported is not None and not flags.FLAGS['model'].present:
+      model, model_kwargs = exported  # an export's model.json: the network it describes
+    result = profile(model, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
+                     _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value, _PUBLISHED.value,
+                     model_kwargs)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

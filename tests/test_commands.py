@@ -94,6 +94,10 @@ def test_main_quickstart_stages_then_resume(staged_quickstart, tmp_path):
     assert description['channels'] == entry['channels']
     logits = module.apply(variables, np.zeros((2, 8, 8, 1), np.float32), train=False)
     assert logits.shape == (2, 10)
+    # An export's model.json describes its own network (8x8x1 digits, not --model's defaults).
+    table = run('autoslim_jax.profile', f'--channels={entry["export"]}/model.json').stdout
+    assert 'mobilenet_v1 (cifar layout, 8x8x1, 10 classes)' in table, table
+    assert f'({entry["macs"]:,})' in table and f'({entry["params"]:,})' in table, table
   assert 0 < target['uniform']['width_mult'] <= 0.45
   assert target['difference'] == pytest.approx(
       target['autoslim']['test_accuracy'] - target['uniform']['test_accuracy'])
