@@ -458,8 +458,11 @@ class PlainNetwork(Network):
       return {unit: min(width, channels_lib.make_divisible(width * width_mult))
               for unit, width in traced.max_widths.items()}
 
+    # The official-style channel list: one entry per unit in unit order, then the classes (the
+    # layout of the official MobileNet v1 list).
     super().__init__(name, lambda widths: SlimPlainNetwork(module, traced, widths),
                      traced.max_widths, uniform, tuple(input_shape), traced.num_classes,
+                     official_layout=tuple(traced.max_widths) + (channels_lib.CLASSES,),
                      description='plain flax module,')
     self.input_segments = dict(traced.input_segments)
     # One instance, so that whatever is compiled for the supernet is found again.

@@ -90,6 +90,11 @@ def test_profile_lists_the_units_and_their_layers():
   assert 'MACs           0.13 M  (134,304)' in table
   assert any(line.split() == ['expand', '16', '32', 'expand,', 'dw,', 'se_expand']
              for line in table.splitlines())
+  # The official-style list: the units in their order, then the classes; it reads back.
+  assert 'channel_num_list [8, 8, 16, 8, 8, 16, 16, 10]' in table
+  again = run('autoslim_jax.profile', f'--model={PLAIN_CNN}',
+              '--channels=[8, 8, 16, 8, 8, 16, 16, 10]').stdout
+  assert 'MACs           0.13 M  (134,304)' in again
 
 
 def network_max_config():
