@@ -166,15 +166,15 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
 
   def check_finite(history, step, when):
     """Stops the run at the first non-finite step of ``history`` (the steps up to ``step``)."""
-    bad = [step - len(history) + 1 + i for i, m in enumerate(history) if not m['finite']]
+    first_step = step - len(history) + 1
+    bad = [i for i, m in enumerate(history) if not m['finite']]
     if bad:
-      first = history[bad[0] - (step - len(history) + 1)]
-      members = [k[len('loss_'):] for k, v in first.items()
+      members = [k[len('loss_'):] for k, v in history[bad[0]].items()
                  if k.startswith('loss_') and not np.isfinite(v)]
       where = (f'the loss of sub-network(s) {", ".join(members)}' if members else
                'the gradient (every sub-network\'s loss was finite)')
       raise NonFiniteLossError(
-          f'{name}: non-finite {where} at step {bad[0]} (steps {step - len(history) + 1}-'
+          f'{name}: non-finite {where} at step {first_step + bad[0]} (steps {first_step}-'
           f'{step} were checked {when}); those updates were not applied and the last '
           f'good checkpoint (step {checkpoints.latest_step()}) is kept. Lower the learning '
           f'rate or use float32.')

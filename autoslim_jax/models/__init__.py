@@ -127,6 +127,4 @@ def _plain_network(name: str, factory: Callable, module: nn.Module, kwargs) -> N
 
 
 __all__ = ['LayerRecord', 'MODELS', 'Network', 'PLAIN_INPUT_ARGUMENTS', 'create_network',
-           'factory_parameters',
-           'get_factory', 'register',
-           'trace_layers']
+           'factory_parameters', 'get_factory', 'register', 'trace_layers']
