@@ -126,6 +126,16 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.retrain.checkpoints_to_keep = 2
   config.retrain.eval_batch_size = 1024  # test-set batches
 
+  # Compiling: JAX's persistent compilation cache keeps every compiled program on disk, so a
+  # rerun, a resumed run or another seed loads what it compiled before instead of compiling it.
+  config.compilation = ml_collections.ConfigDict()
+  config.compilation.cache_dir = ''  # '' = ~/.cache/autoslim_jax/xla ($XDG_CACHE_HOME); 'none'
+  config.compilation.min_compile_seconds = 0.0  # programs that compiled faster are not kept
+  # XLA's GPU autotuning level (XLA_FLAGS --xla_gpu_autotune_level): -1 = XLA's default (4), 0
+  # = off. Set before the accelerator starts (python -m autoslim_jax.main does); no effect on
+  # CPUs and TPUs. bench/accelerator_run.py measures compile and step time at each level.
+  config.compilation.gpu_autotune_level = -1
+
   # The stages to run, in order: supernet, search, retrain, export (calibrate, test, export,
   # report). Each skips itself when its outputs are complete and resumes when they are partial.
   config.stages = 'supernet,search,retrain,export'
@@ -138,7 +148,8 @@ STAGES = ('supernet', 'search', 'retrain', 'export')
 POSITIVE = {
     'groups': (2, True), 'min_width': (0, False), 'dataset.heldout_size': (1, True),
     'dataset.image_size': (0, True), 'dataset.worker_processes': (0, True),
-    'search.batch_size': (1, True), 'search.num_images': (0, True), 'search.chunk_size': (0, True),
+    'search.batch_size': (1, True), 'compilation.min_compile_seconds': (0, True),
+    'compilation.gpu_autotune_level': (-1, True), 'search.num_images': (0, True), 'search.chunk_size': (0, True),
     'calibration.num_images': (1, True), 'calibration.batch_size': (1, True),
     **{f'{stage}.{key}': bound for stage in ('supernet', 'retrain') for key, bound in (
         ('batch_size', (1, True)), ('num_epochs', (0, False)), ('base_learning_rate', (0, False)),

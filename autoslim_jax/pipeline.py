@@ -21,6 +21,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
+from autoslim_jax import compilation
 from autoslim_jax import defaults
 from autoslim_jax import evaluate
 from autoslim_jax import export
@@ -37,6 +38,8 @@ from autoslim_jax import search
 from autoslim_jax import train
 
 RESULTS_FILE = 'results.json'
+# What this run compiled, per stage (compilation.CompileLog.summary), rewritten by every run.
+COMPILATION_FILE = 'compilation.json'
 
 
 def check_data_fits(network, source) -> None:
@@ -110,6 +113,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   that wrote ``workdir`` replace its outputs (without it, that is refused).
   """
   defaults.check_config(config)
+  compilation.set_gpu_autotune_level(config.compilation.gpu_autotune_level)
+  cache_dir = compilation.use_persistent_cache(config.compilation.cache_dir,
+                                               config.compilation.min_compile_seconds)
+  with compilation.recording() as compile_log:
+    first = len(compile_log.compilations)
+    try:
+      return _run_stages(config, workdir, overwrite, cache_dir)
+    finally:
+      summary = compile_log.summary(first)
+      logging.info('this run %s', compilation.describe(compile_log.compilations[first:]))
+      if files.exists(os.path.join(workdir, CONFIG_FILE)) and parallel.is_main_process():
+        files.write_atomic(os.path.join(workdir, COMPILATION_FILE),
+                           json.dumps(summary, indent=1).encode())
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: str, overwrite: bool,
+                cache_dir: str | None) -> dict[str, Any] | None:
   stages = defaults.parse_stages(config.stages)
   network, space = build_network(config)
   # Each training stage computes in its own compute_dtype (params stay float32); the search,
@@ -120,7 +140,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   check_before_compiling(config, network, space, source)
   searched = published_targets(config, network) if config.retrain.published else None
   claim_workdir(config, workdir, overwrite)
-  logging.info('%s; %s; stages: %s', network, space, ', '.join(stages))
+  logging.info('%s; %s; stages: %s; compiled programs kept in %s', network, space,
+               ', '.join(stages), cache_dir or '(no cache: compilation.cache_dir is none)')
   logging.info('data %s: %s', source.name,
                ', '.join(f'{name} {count}' for name, count in source.num_examples.items()))
   last_stage = stages[-1]
@@ -137,8 +158,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   retrain_dir = os.path.join(workdir, 'retrain')
   retrained = None
   if 'retrain' in stages or files.is_dir(retrain_dir):
-    retrained = retrain.run_retrain(config, retrain_dir, retrain_network, searched, source,
-                                    restore_only='retrain' not in stages)
+    with compilation.stage('retrain'):
+      retrained = retrain.run_retrain(config, retrain_dir, retrain_network, searched, source,
+                                      restore_only='retrain' not in stages)
   if retrained is None and config.retrain.published:
     raise ValueError(f'the published networks are not retrained in {retrain_dir}; add retrain to '
                      'config.stages')
@@ -151,8 +173,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     logging.info('stage export: complete (%s)', results_path)
     results = files.read_json(results_path)
   else:
-    results = export_and_report(config, workdir, network, space, supernet_variables, searched,
-                                retrained, source)
+    with compilation.stage('export'):
+      results = export_and_report(config, workdir, network, space, supernet_variables,
+                                  searched, retrained, source)
   print_results(results, workdir)
   return results
 
@@ -178,7 +201,8 @@ def check_before_compiling(config, network, space, source) -> None:
 
 CONFIG_FILE = 'config.json'
 # Keys a rerun may change without changing what the workdir holds.
-RERUN_KEYS = ('stages',)
+RERUN_KEYS = ('stages', 'compilation.cache_dir', 'compilation.min_compile_seconds',
+              'compilation.gpu_autotune_level')
 
 
 def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
@@ -225,8 +249,9 @@ def supernet_and_search(config, workdir: str, network, training_network, space, 
   """Stages 1 and 2: (supernet variables, searched target records); records None when the
   last stage asked for is one of these two."""
   last_stage = stages[-1]
-  state = train.train_supernet(config, os.path.join(workdir, 'supernet'), training_network,
-                               space, source, restore_only='supernet' not in stages)
+  with compilation.stage('supernet'):
+    state = train.train_supernet(config, os.path.join(workdir, 'supernet'), training_network,
+                                 space, source, restore_only='supernet' not in stages)
   supernet_variables = retrain.trained_variables(state)
   if last_stage == 'supernet':
     return supernet_variables, None
@@ -247,8 +272,9 @@ def supernet_and_search(config, workdir: str, network, training_network, space, 
         milliseconds = meter.measure(channels) if parallel.is_main_process() else 0.0
         return parallel.broadcast_from_main(milliseconds)
 
-      summary = search.run_search(config, search_dir, network, space, supernet_variables, source,
-                                  latency_fn=measure_latency)
+      with compilation.stage('search'):
+        summary = search.run_search(config, search_dir, network, space, supernet_variables,
+                                    source, latency_fn=measure_latency)
   else:
     logging.info('stage search: complete (%d steps, %d targets)', summary['steps'],
                  len(summary['targets']))

@@ -66,16 +66,16 @@ def uniform_width_for(network: Network, metric: str, value: float, budget: float
 
 def slim_step_factory(module, network: Network, cfg: ml_collections.ConfigDict, mesh,
                       configs: Sequence[Mapping[str, int]] | None, names: Sequence[str]):
-  """``make_step(schedule)`` for ``train.fit``: a plain slim network (``configs`` None) or a
+  """``make_step()`` for ``train.fit``: a plain slim network (``configs`` None) or a
   slimmable one over fixed ``configs`` (largest first: it learns from the labels)."""
   if configs is None:
-    draw = lambda step, device: [None]
+    draw = lambda seed, step, device: [None]
   else:
     space = network.channel_space()
     arrays = [space.as_arrays(c) for c in configs]
-    draw = lambda step, device: arrays
-  return lambda schedule: steps.make_distillation_step(module, network.num_classes, cfg, draw,
-                                                       names, mesh, schedule)
+    draw = lambda seed, step, device: arrays
+  return lambda: steps.make_distillation_step(module, network.num_classes, cfg, draw, names,
+                                              mesh)
 
 
 def train_slim(config: ml_collections.ConfigDict, workdir: str, network: Network,

@@ -22,6 +22,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 from flax.training import train_state
@@ -71,15 +72,45 @@ def learning_rate_schedule(cfg: Any, steps_per_epoch: int,
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def create_optimizer(cfg: Any, network: Network, params,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(cfg: Any, network: Network, params) -> optax.GradientTransformation:
+  """The stage's optimizer at a learning rate of 1: the step scales its updates by the learning
+  rate it is given (``step_inputs``), so the schedule is data, not part of the compiled program
+  (one executable for every schedule, stage and seed). Both optimizers apply the learning rate
+  last, so this is the same update as optax's with the schedule inside."""
   mask = weight_decay_mask(network, params)
   if cfg.optimizer == 'sgd':
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask),
-                       optax.sgd(schedule, momentum=cfg.momentum, nesterov=True))
+                       optax.sgd(UNIT_LEARNING_RATE, momentum=cfg.momentum, nesterov=True))
   if cfg.optimizer == 'adamw':
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)
+    return optax.adamw(UNIT_LEARNING_RATE, weight_decay=cfg.weight_decay, mask=mask)
   raise ValueError(f'unknown optimizer {cfg.optimizer!r}; valid: sgd, adamw')
+
+
+def UNIT_LEARNING_RATE(count):  # pylint: disable=invalid-name
+  """A schedule of 1 (not the constant 1.0: a schedule keeps optax's step count in the optimizer
+  state, as the checkpoints written before the learning rate became an input hold it)."""
+  del count
+  return 1.0
+
+
+def schedule_values(schedule: optax.Schedule, total_steps: int) -> np.ndarray:
+  """The learning rate of every update 0 .. total_steps - 1, in one host array (float32)."""
+  return np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(total_steps)), np.float32)
+
+
+def step_inputs(learning_rate: float, seed: int) -> dict[str, np.ndarray]:
+  """The values a training step takes besides its state and batch: inputs, not constants, so
+  runs of other seeds and schedules share the compiled step."""
+  return {'learning_rate': np.float32(learning_rate), 'seed': np.uint32(seed)}
+
+
+def apply_scaled_gradients(state: 'TrainState', grads, learning_rate: jax.Array,
+                           **changes) -> 'TrainState':
+  """``state.apply_gradients`` with the optimizer's updates scaled by ``learning_rate``."""
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree_util.tree_map(lambda u: u * learning_rate.astype(u.dtype), updates)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state, **changes)
 
 
 def create_train_state(network: Network, key: jax.Array, make_tx: Callable,
@@ -105,7 +136,7 @@ def sandwich_member_names(num_sandwich: int) -> list[str]:
   return ['max', 'min'] + [f'random{i}' for i in range(num_sandwich - 2)]
 
 
-def device_key(seed: int, step: jax.Array, device: jax.Array) -> jax.Array:
+def device_key(seed: int | jax.Array, step: jax.Array, device: jax.Array) -> jax.Array:
   """The key of one device at one step: the same (seed, step, device), the same draws."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device)
 
@@ -147,23 +178,22 @@ def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
 
 
 def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
-                           draw_configs: Callable[[jax.Array, jax.Array], list],
-                           member_names: Sequence[str], mesh: Mesh, schedule: optax.Schedule,
-                           fused: bool = True, donate: bool = True,
-                           inplace_distillation: bool = True):
-  """The jitted data-parallel step: (state, sharded batch) -> (state, metrics).
+                           draw_configs: Callable[[jax.Array, jax.Array, jax.Array], list],
+                           member_names: Sequence[str], mesh: Mesh, fused: bool = True,
+                           donate: bool = True, inplace_distillation: bool = True):
+  """The jitted data-parallel step: (state, sharded batch, ``step_inputs``) -> (state, metrics).
 
-  ``draw_configs(step, device)`` gives the configs one device trains at one step, the teacher
-  first; ``member_names`` name them in the metrics (``loss_<name>``, ``<name>_accuracy`` of the
+  ``draw_configs(seed, step, device)`` gives the configs one device trains at one step, the
+  teacher first; ``member_names`` name them in the metrics (``loss_<name>``, ``<name>_accuracy`` of the
   first two). ``fused`` and ``inplace_distillation``: see ``sandwich_loss`` (joint retraining
   always distils; the supernet reads ``supernet.inplace_distillation``); ``donate``: the input
   state's buffers are reused for the output (the caller must not read the state it passed in).
   """
   num_devices = mesh.size
 
-  def per_device(state: TrainState, batch):
+  def per_device(state: TrainState, batch, inputs):
     device = jax.lax.axis_index(parallel.DATA_AXIS)
-    configs = draw_configs(state.step, device)
+    configs = draw_configs(inputs['seed'], state.step, device)
     loss_fn = functools.partial(
         sandwich_loss, module=module, images=batch['image'], labels=batch['label'],
         configs=configs, num_classes=num_classes, label_smoothing=cfg.label_smoothing,
@@ -179,12 +209,13 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
     # One reduction (a NaN or inf anywhere makes the norm non-finite): checking every leaf on
     # its own doubled the step's compile time.
     finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
-    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    updated = apply_scaled_gradients(state, grads, inputs['learning_rate'],
+                                     batch_stats=batch_stats)
     # A non-finite step leaves the state as it was: no bad state can reach a checkpoint.
     new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated,
                                        state)
     metrics = {'loss': total, 'finite': finite.astype(jnp.float32),
-               'learning_rate': schedule(state.step)}
+               'learning_rate': inputs['learning_rate']}
     for name, member_logits in list(zip(member_names, logits))[:2]:
       metrics[f'{name}_accuracy'] = mean(
           jnp.mean(jnp.argmax(member_logits, -1) == batch['label']))
@@ -192,19 +223,17 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
     metrics.update({f'loss_{name}': losses[i] for i, name in enumerate(member_names)})
     return new_state, metrics
 
-  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)),
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
                        out_specs=(P(), P()))
   return jax.jit(step, donate_argnums=0 if donate else ())
 
 
-def make_train_step(network: Network, space: channels_lib.ChannelSpace,
-                    cfg: Any, seed: int, mesh: Mesh, schedule: optax.Schedule, **options):
-  """The supernet's sandwich step; every device draws its own random sub-networks.
-  ``options``: ``fused``, ``donate`` of ``make_distillation_step``."""
-  draw = lambda step, device: sandwich_configs(space, device_key(seed, step, device),
-                                               cfg.num_sandwich)
+def make_train_step(network: Network, space: channels_lib.ChannelSpace, cfg: Any, mesh: Mesh,
+                    **options):
+  """The supernet's sandwich step; every device draws its own random sub-networks from the
+  seed of its ``step_inputs``. ``options``: ``fused``, ``donate`` of ``make_distillation_step``."""
+  draw = lambda seed, step, device: sandwich_configs(space, device_key(seed, step, device),
+                                                     cfg.num_sandwich)
   return make_distillation_step(network.supernet(), network.num_classes, cfg, draw,
-                                sandwich_member_names(cfg.num_sandwich), mesh, schedule,
+                                sandwich_member_names(cfg.num_sandwich), mesh,
                                 inplace_distillation=cfg.inplace_distillation, **options)
-
-

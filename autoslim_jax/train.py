@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -115,20 +114,19 @@ def train_supernet(config: ml_collections.ConfigDict, workdir: str, network: Net
     return scalars
 
   return fit('supernet', cfg, config, workdir, network, network.supernet(),
-             lambda schedule: steps.make_train_step(network, space, cfg, config.seed, mesh,
-                                                    schedule, fused=cfg.fused_sandwich),
+             lambda: steps.make_train_step(network, space, cfg, mesh, fused=cfg.fused_sandwich),
              source, evaluate_max_and_min, stop_after_step, restore_only)
 
 
 def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
         workdir: str, network: Network, module: nn.Module,
-        make_step: Callable[[optax.Schedule], Callable], source: input_pipeline.DataSource,
+        make_step: Callable[[], Callable], source: input_pipeline.DataSource,
         evaluate_fn: Callable[[steps.TrainState], dict[str, float]] | None = None,
         stop_after_step: int | None = None, restore_only: bool = False) -> steps.TrainState:
   """The training loop every stage shares: resume, step, log, evaluate, checkpoint.
 
   ``cfg`` is the stage's config section (batch size, epochs, optimizer, logging periods);
-  ``make_step(schedule)`` builds the jitted step; ``evaluate_fn(state)`` returns scalars to log
+  ``make_step()`` builds the jitted step (state, batch, ``steps.step_inputs``); ``evaluate_fn(state)`` returns scalars to log
   every ``cfg.eval_every_steps`` and at the end. A finished run is only restored;
   ``restore_only`` refuses to train (a later stage asking for an earlier stage's result).
   """
@@ -139,7 +137,7 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
   schedule = steps.learning_rate_schedule(cfg, steps_per_epoch, total_steps)
   state = steps.create_train_state(
       network, jax.random.key(config.seed),
-      lambda params: steps.create_optimizer(cfg, network, params, schedule), module)
+      lambda params: steps.create_optimizer(cfg, network, params), module)
   state = parallel.replicate(state, mesh)
   checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), cfg.checkpoints_to_keep)
   if checkpoints.latest_step() is not None:
@@ -159,10 +157,11 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
                '%d', name, total_steps, cfg.num_epochs, steps_per_epoch, cfg.batch_size,
                jax.device_count(), start_step)
   metrics_lib.log_parameters(name, state.params)
-  train_step = make_step(schedule)
+  train_step = make_step()
+  learning_rates = steps.schedule_values(schedule, total_steps)
   batches = input_pipeline.train_batches(
       source, cfg.batch_size, config.seed, start_step, config.dataset.augmentation)
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, name)
 
   def check_finite(history, step, when):
     """Stops the run at the first non-finite step of ``history`` (the steps up to ``step``)."""
@@ -182,7 +181,8 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh))
+      state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh),
+                                  steps.step_inputs(learning_rates[step - 1], config.seed))
       pending.append(metrics)
       is_last = step == total_steps
       if step % cfg.log_every_steps == 0 or is_last:

@@ -34,7 +34,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -94,21 +93,21 @@ def time_jax_step(network, space, batch_size: int, variant: dict, repeats: int) 
   """Compile seconds and per-step seconds of the supernet step."""
   net = models.create_network('mobilenet_v2', dtype=variant['dtype'], **NETWORKS[network])
   cfg = step_config(batch_size)
-  schedule = optax.constant_schedule(0.1)
   mesh = parallel.make_mesh()
   state = steps.create_train_state(
-      net, jax.random.key(SEED), lambda p: steps.create_optimizer(cfg, net, p, schedule))
+      net, jax.random.key(SEED), lambda p: steps.create_optimizer(cfg, net, p))
   state = parallel.replicate(state, mesh)
   batch = parallel.shard_batch(synthetic_batch(net, batch_size), mesh)
-  step = steps.make_train_step(net, space, cfg, SEED, mesh, schedule, fused=variant['fused'],
+  step = steps.make_train_step(net, space, cfg, mesh, fused=variant['fused'],
                                donate=variant['donate'])
+  inputs = steps.step_inputs(0.1, SEED)
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch, inputs).compile()
   compile_s = time.perf_counter() - start
   holder = {'state': state}
 
   def one_step():
-    holder['state'], metrics = compiled(holder['state'], batch)
+    holder['state'], metrics = compiled(holder['state'], batch, inputs)
     jax.block_until_ready(metrics)
     if not float(metrics['finite']):
       raise FloatingPointError('the benchmark step diverged')

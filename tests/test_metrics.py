@@ -22,8 +22,17 @@ def test_scalars_reach_the_event_files_at_each_write_and_the_log(tmp_path, caplo
   writer.close()
   assert read_scalars(tmp_path) == {'loss_max': {2: 2.5, 4: 1.25}, 'epoch': {2: 0.25},
                                     'heldout_accuracy_max': {4: 0.75}}
-  assert '[2] epoch=0.25, loss_max=2.5' in caplog.text
-  assert '[4] heldout_accuracy_max=0.75, loss_max=1.25' in caplog.text
+  assert '[2] loss_max 2.5, epoch 0.25' in caplog.text
+  assert '[4] heldout_accuracy_max 75.00%, loss_max 1.25' in caplog.text
+
+
+def test_the_progress_line_reads_as_a_person_reads_it():
+  line = metrics.format_scalars(120, {
+      'eta_minutes': 1.7, 'images_per_second': 5012.4, 'learning_rate': 0.0147226,
+      'loss': 5.63014, 'max_accuracy': 0.692187, 'epoch': 6.0}, 'supernet')
+  assert line == ('supernet [120] loss 5.63, max_accuracy 69.22%, lr 0.0147, epoch 6.00, '
+                  '5,012 img/s, ETA 1:42')
+  assert metrics.format_duration(2 * 3600 + 5 * 60 + 9.4) == '2:05:09'
 
 
 def test_other_processes_write_nothing(tmp_path, caplog, monkeypatch):

@@ -42,16 +42,16 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_mbv1):
   assert jax.device_count() == 8
   space = tiny_network.channel_space()
   cfg = _supernet_config()
-  schedule = optax.constant_schedule(0.1)
-  make_tx = lambda params: steps.create_optimizer(cfg, tiny_network, params, schedule)
+  make_tx = lambda params: steps.create_optimizer(cfg, tiny_network, params)
   mesh = parallel.make_mesh()
   state = steps.create_train_state(tiny_network, jax.random.key(0), make_tx)
   batch = _batch(tiny_network, 32)
 
-  step = steps.make_train_step(tiny_network, space, cfg, seed=3, mesh=mesh, schedule=schedule)
+  step = steps.make_train_step(tiny_network, space, cfg, mesh=mesh)
+  inputs = steps.step_inputs(0.1, seed=3)
   # The step donates its input state: give it a copy.
   new_state, metrics = step(parallel.replicate(jax.tree_util.tree_map(jnp.copy, state), mesh),
-                            parallel.shard_batch(batch, mesh))
+                            parallel.shard_batch(batch, mesh), inputs)
 
   # The same thing by hand on one device: each device's sub-networks on its 4 examples.
   module = tiny_network.supernet()
@@ -72,8 +72,8 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_mbv1):
     grads_per_device.append(grads)
     stats_per_device.append(aux[-1])
   mean_grads = jax.tree_util.tree_map(lambda *g: sum(g) / 8, *grads_per_device)
-  expected = state.apply_gradients(
-      grads=mean_grads,
+  expected = steps.apply_scaled_gradients(
+      state, mean_grads, jnp.float32(0.1),
       batch_stats=jax.tree_util.tree_map(lambda *s: sum(s) / 8, *stats_per_device))
 
   assert float(metrics['finite']) == 1.0
@@ -94,7 +94,7 @@ def test_step_on_8_devices_equals_single_device_computation(tiny_mbv1):
   sharded = parallel.shard_batch(batch, mesh)
   before = backend_compiles()
   for _ in range(3):
-    new_state, metrics = step(new_state, sharded)
+    new_state, metrics = step(new_state, sharded, inputs)
   jax.block_until_ready(metrics)
   draw = lambda at_step, device: tuple(int(v) for c in steps.sandwich_configs(
       space, steps.device_key(3, at_step, device), 3) for v in c.values())

@@ -37,9 +37,8 @@ def test_distillation_teacher_is_the_max_member():
   space = network.channel_space()
   cfg = defaults.get_default_config().supernet
   cfg.update(dict(num_sandwich=3, label_smoothing=0.1, base_batch_size=8, batch_size=8))
-  schedule = optax.constant_schedule(0.1)
   state = steps.create_train_state(
-      network, jax.random.key(0), lambda p: steps.create_optimizer(cfg, network, p, schedule))
+      network, jax.random.key(0), lambda p: steps.create_optimizer(cfg, network, p))
   params = traverse_util.flatten_dict(state.params)
   params['classifier', 'dense', 'kernel'] = params['classifier', 'dense', 'kernel'] * 30
   state = state.replace(params=traverse_util.unflatten_dict(params))
@@ -48,9 +47,9 @@ def test_distillation_teacher_is_the_max_member():
            'label': jax.random.randint(key_y, (8,), 0, 10)}
 
   mesh = Mesh(np.array(jax.devices()[:1]), (parallel.DATA_AXIS,))
-  step = steps.make_train_step(network, space, cfg, seed=3, mesh=mesh, schedule=schedule,
-                               donate=False)
-  _, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
+  step = steps.make_train_step(network, space, cfg, mesh=mesh, donate=False)
+  _, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh),
+                    steps.step_inputs(0.1, seed=3))
   metrics = jax.device_get(metrics)
 
   # Each member alone, in training mode (BatchNorm on the batch), as the step draws them.
