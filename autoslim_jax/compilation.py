@@ -174,15 +174,18 @@ def default_cache_dir() -> str:
 
 
 def use_persistent_cache(directory: str, min_compile_seconds: float = 0.0) -> str | None:
-  """Turns on JAX's persistent compilation cache in ``directory`` ('' = ``default_cache_dir()``,
-  'none' = off) for this process; returns the directory used (None when off).
+  """Turns on JAX's persistent compilation cache in ``directory`` for this process; returns the
+  directory used (None when off). '' = the folder JAX is already given (JAX_COMPILATION_CACHE_DIR
+  or ``jax.config``), else ``default_cache_dir()``; 'none' = off.
 
   Programs that took at least ``min_compile_seconds`` to compile are kept. The cache key is the
   program, the compiler options, the devices and the versions of jax and jaxlib, so an entry is
   only loaded where it is exactly the program that would be compiled (JAX's design).
   """
   enabled = directory != 'none'
-  directory = (directory or default_cache_dir()) if enabled else None
+  if enabled and not directory:
+    directory = jax.config.jax_compilation_cache_dir or default_cache_dir()
+  directory = directory if enabled else None
   if directory and '://' not in directory:
     os.makedirs(directory, exist_ok=True)
   if (enabled, directory) != (jax.config.jax_enable_compilation_cache,

@@ -129,7 +129,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Compiling: JAX's persistent compilation cache keeps every compiled program on disk, so a
   # rerun, a resumed run or another seed loads what it compiled before instead of compiling it.
   config.compilation = ml_collections.ConfigDict()
-  config.compilation.cache_dir = ''  # '' = ~/.cache/autoslim_jax/xla ($XDG_CACHE_HOME); 'none'
+  # '' = JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/autoslim_jax/xla; 'none' = off.
+  config.compilation.cache_dir = ''
   config.compilation.min_compile_seconds = 0.0  # programs that compiled faster are not kept
   # XLA's GPU autotuning level (XLA_FLAGS --xla_gpu_autotune_level): -1 = XLA's default (4), 0
   # = off. Set before the accelerator starts (python -m autoslim_jax.main does); no effect on
