@@ -43,6 +43,7 @@ from absl import logging
 from flax import traverse_util
 from scipy import stats
 
+from autoslim_jax import compilation
 from autoslim_jax import defaults
 from autoslim_jax import evaluate
 from autoslim_jax import files
@@ -472,8 +473,11 @@ _REFERENCE = flags.DEFINE_string(
 
 
 def main(argv):
-  main_lib.start(argv)
   config, workdir = main_lib.FLAGS.config, main_lib.WORKDIR.value
+  # Before start(): XLA reads its flags when the backend starts, which start() does.
+  main_lib.run_reporting_errors(lambda: compilation.set_gpu_autotune_level(
+      config.compilation.gpu_autotune_level))
+  main_lib.start(argv)
   try:
     seeds = [int(s) for s in _SEEDS.value]
   except ValueError:

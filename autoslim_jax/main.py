@@ -23,6 +23,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from autoslim_jax import compilation
 from autoslim_jax import defaults
 from autoslim_jax import models
 from autoslim_jax import parallel
@@ -172,6 +173,9 @@ def run_reporting_errors(function: Callable[[], Any]) -> Any:
 
 
 def main(argv):
+  # Before start(): XLA reads its flags when the backend starts, which start() does.
+  run_reporting_errors(lambda: compilation.set_gpu_autotune_level(
+      FLAGS.config.compilation.gpu_autotune_level))
   start(argv)
   run_reporting_errors(lambda: pipeline.run(FLAGS.config, WORKDIR.value,
                                             overwrite=OVERWRITE.value))
