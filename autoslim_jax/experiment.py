@@ -7,8 +7,9 @@ the supernet rank networks as training them from scratch would?
 
 1. **Seeds**: the whole pipeline (``pipeline.run``) once per seed in ``W/seed_<s>`` (each resumes
    like any run), then per target the mean and standard deviation over seeds of the AutoSlim and
-   uniform nets' test accuracy, their MACs, params and memory, and the difference:
-   ``W/summary.json``, ``W/summary.md``, ``W/accuracy_vs_macs.png``.
+   uniform nets' test accuracy, their MACs, params and memory, and their difference paired seed
+   by seed (a seed's two nets see the same batches) with its 95% confidence interval (Student's
+   t; undefined for one seed): ``W/summary.json``, ``W/summary.md``, ``W/accuracy_vs_macs.png``.
 2. **Estimator quality** (``W/estimator/``): configs over the budget range of the first seed's
    greedy path (its searched and uniform nets, configs from the path between them, random
    configs), each scored by the supernet on the held-out split with BatchNorm in batch-statistics
@@ -64,6 +65,8 @@ ESTIMATOR_FILE = 'estimator.json'
 AUTOSLIM_KEYS = ('test_accuracy', 'supernet_test_accuracy', 'heldout_accuracy', 'macs', 'params',
                  'memory')
 UNIFORM_KEYS = ('test_accuracy', 'width_mult', 'macs', 'params', 'memory')
+# Of the paired difference's interval (``paired_difference``).
+CONFIDENCE = 0.95
 VERSIONED = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-cpu', 'numpy')
 
 
@@ -144,8 +147,28 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any] | None:
           'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 'values': values}
 
 
+def paired_difference(differences_by_seed: Mapping[int, float | None],
+                      confidence: float = CONFIDENCE) -> dict[str, Any] | None:
+  """AutoSlim minus uniform test accuracy, paired seed by seed (a seed's two nets train on the
+  same data order, so its difference cancels what the seed does to both): ``mean_std`` of the
+  per-seed differences, the seeds they come from, and the ``confidence`` interval of their mean,
+  Student's t with n - 1 degrees of freedom (``ci``: [low, high]; None for one seed, where it
+  is undefined). None if no seed has both accuracies."""
+  seeds = [s for s, d in differences_by_seed.items() if d is not None]
+  summary = mean_std([differences_by_seed[s] for s in seeds])
+  if summary is None:
+    return None
+  n = len(seeds)
+  interval = None
+  if n > 1:
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * summary['std'] / np.sqrt(n)
+    interval = [summary['mean'] - half, summary['mean'] + half]
+  return {**summary, 'seeds': seeds, 'confidence': confidence, 'ci': interval}
+
+
 def summarize_seeds(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-  """Per target, the mean and standard deviation over seeds of both nets' numbers."""
+  """Per target, the mean and standard deviation over seeds of both nets' numbers, and their
+  paired difference with its confidence interval (``paired_difference``)."""
   seeds = list(results_by_seed)
   first = results_by_seed[seeds[0]]
   names = [t['name'] for t in first['targets']]
@@ -162,7 +185,7 @@ def summarize_seeds(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[st
         'autoslim': {k: mean_std([t['autoslim'].get(k) for t in per_seed]) for k in AUTOSLIM_KEYS},
         'uniform': {k: mean_std([(t['uniform'] or {}).get(k) for t in per_seed])
                     for k in UNIFORM_KEYS},
-        'difference': mean_std(differences),
+        'difference': paired_difference(dict(zip(seeds, differences))),
         'autoslim_better': sum(d is not None and d > 0 for d in differences),
         'channels': {str(s): t['autoslim']['channels'] for s, t in zip(seeds, per_seed)}})
   return {'model': first['model'], 'model_kwargs': first['model_kwargs'],

@@ -218,12 +218,24 @@ def _mean_std(stat, scale=100.0, sign='') -> str:
   return f'{scale * stat["mean"]:{sign}.2f} ± {scale * stat["std"]:.2f}'
 
 
+def _interval(stat) -> str:
+  """A paired difference's mean and confidence interval in points, '+1.20 [-0.80, +3.20]';
+  '-' where undefined (one seed)."""
+  if stat is None or stat.get('ci') is None:
+    return '-'
+  low, high = stat['ci']
+  return f'{100 * stat["mean"]:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]'
+
+
 def summary_table(summary: Mapping[str, Any]) -> str:
-  """Markdown: per target, both nets' resources and test accuracy (mean ± std over seeds)."""
+  """Markdown: per target, both nets' resources and test accuracy (mean ± std over seeds), and
+  their paired difference (mean ± std, and its confidence interval), then a note on how to read
+  the interval."""
   header = ['target', 'AutoSlim MACs (M)', 'params (M)', 'memory (M)', 'AutoSlim test acc (%)',
             'uniform width', 'uniform MACs (M)', 'params (M)', 'memory (M)',
-            'uniform test acc (%)', 'difference (points)', 'AutoSlim better']
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * 11) + '|']
+            'uniform test acc (%)', 'difference (points)', 'AutoSlim better',
+            'difference, 95% CI (points)']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * 12) + '|']
   seeds = len(summary['seeds'])
   for row in summary['targets']:
     autoslim, uniform = row['autoslim'], row['uniform']
@@ -233,7 +245,11 @@ def summary_table(summary: Mapping[str, Any]) -> str:
         _mean(uniform['width_mult'], 1.0, 4), _mean(uniform['macs'], 1e-6),
         _mean(uniform['params'], 1e-6, 3), _mean(uniform['memory'], 1e-6),
         _mean_std(uniform['test_accuracy']), _mean_std(row['difference'], sign='+'),
-        f'{row["autoslim_better"]} of {seeds}']) + ' |')
+        f'{row["autoslim_better"]} of {seeds}', _interval(row['difference'])]) + ' |')
+  lines += ['', 'difference: AutoSlim minus uniform test accuracy, paired seed by seed (both nets '
+            'of a seed train on the same batches); 95% CI: Student\'s t with n - 1 degrees of '
+            'freedom over the n seeds\' differences (\'-\' for one seed: undefined). An interval '
+            'that excludes 0 is a difference beyond the seeds\' noise.']
   return '\n'.join(lines) + '\n'
 
 

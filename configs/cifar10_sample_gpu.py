@@ -17,6 +17,16 @@ Expected: the paper's Table 2 setting on 4,000 training images (not comparable w
   schedules are chosen long for 4,000 images (60 supernet epochs, 40 retraining epochs: the CPU
   config's 3 + 6 left every net far from convergence); whether training and held-out accuracy
   flatten by then is what the first accelerator run measures (its TensorBoard curves).
+Learning (runs/recipe_check.md): the first H200 run's supernet, at a peak learning rate of 0.2
+  (0.1 per 128 images), blew up and stalled: max-net training loss 4.73 over steps 1-50, 2.27
+  at step 100 (chance 2.30), held-out 0.21 at step 300. Checked on the CPU at reduced width
+  (0.35x, batch 64 at the same per-step learning rate, warm-up and schedule): 0.2 does the same
+  (max-net loss 7.1 over steps 11-20, back at chance, 2.42, by step 40), so the peak is now
+  0.05, the CPU config's per-step rate; at 0.05 the CPU check saw no blow-up in 40 steps (max-net
+  loss at most 4.2, no collapse to chance) but did not run long enough to see it learn. Expect
+  the max-net loss to rise over the first 30-60 steps (the CPU config's does too, to 3.0, and
+  falls below 2.5 by step 70) and then fall below 2.3; a max-net loss over 5 or one stuck at
+  2.3 after step 100 is the old failure. Logged every 10 steps, held-out every 50.
 """
 
 from autoslim_jax import defaults
@@ -40,14 +50,16 @@ def get_config():
 
   config.supernet.batch_size = 256
   config.supernet.num_epochs = 60.0
-  config.supernet.base_learning_rate = 0.1
-  config.supernet.base_batch_size = 128
+  # Peak 0.05 at batch 256: 0.2 (0.1 per 128 images) blew up and stalled the first H200 run and
+  # does so on the CPU too (docstring, runs/recipe_check.md).
+  config.supernet.base_learning_rate = 0.05
+  config.supernet.base_batch_size = 256
   config.supernet.schedule = 'cosine'
   config.supernet.warmup_epochs = 2.0
   config.supernet.weight_decay = 5e-5
   config.supernet.compute_dtype = 'float32'  # compiles in half bfloat16's time (docstring)
-  config.supernet.log_every_steps = 50
-  config.supernet.eval_every_steps = 150  # held-out curves: where they flatten
+  config.supernet.log_every_steps = 10  # 50-step means hid the first run's blow-up
+  config.supernet.eval_every_steps = 50  # held-out curves: where they flatten
   config.supernet.checkpoint_every_steps = 300
   config.supernet.eval_batch_size = 656  # divisible by 1, 2, 4 or 8 devices
 

@@ -53,6 +53,47 @@ def test_summary_gives_mean_and_sample_std_over_seeds(tmp_path):
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_summary_gives_the_paired_difference_with_its_confidence_interval():
+  # AutoSlim beats uniform by 1, 2 and 3 points in seeds 0, 1 and 2; in a second target by 2,
+  # 2.5 and 3 points.
+  by_seed = {s: fake_results(s, [0.50 + 0.01 * (s + 1), 0.52 + 0.005 * s], [0.50, 0.50])
+             for s in (0, 1, 2)}
+  summary = experiment.summarize_seeds(by_seed)
+  first, second = summary['targets']
+  difference = first['difference']
+  assert difference['values'] == pytest.approx([0.01, 0.02, 0.03])
+  assert difference['seeds'] == [0, 1, 2] and difference['confidence'] == 0.95
+  assert difference['mean'] == pytest.approx(0.02) and difference['std'] == pytest.approx(0.01)
+  half = 4.302653 * 0.01 / np.sqrt(3)  # t(0.975) with 2 degrees of freedom, times std/sqrt(n)
+  assert difference['ci'] == pytest.approx([0.02 - half, 0.02 + half], rel=1e-6)
+  assert second['difference']['ci'] == pytest.approx(
+      [0.025 - 4.302653 * 0.005 / np.sqrt(3), 0.025 + 4.302653 * 0.005 / np.sqrt(3)], rel=1e-6)
+  assert json.loads(json.dumps(summary))['targets'][0]['difference']['ci'] == pytest.approx(
+      [0.02 - half, 0.02 + half], rel=1e-6)
+  table = plots.summary_table(summary)
+  assert table.splitlines()[0].endswith('| AutoSlim better | difference, 95% CI (points) |')
+  # 3 wins of 3, yet the first interval holds 0 (three seeds are few); the second excludes it.
+  assert table.splitlines()[2].endswith('| +2.00 ± 1.00 | 3 of 3 | +2.00 [-0.48, +4.48] |')
+  assert table.splitlines()[3].endswith('| +2.50 ± 0.50 | 3 of 3 | +2.50 [+1.26, +3.74] |')
+  assert "Student's t with n - 1 degrees of freedom" in table
+
+  # Seeds with 1, 2 and 3 points but a seed without a uniform net: paired over the others.
+  by_seed[1]['targets'][0]['uniform'] = None
+  by_seed[1]['targets'][0]['difference'] = None
+  difference = experiment.summarize_seeds(by_seed)['targets'][0]['difference']
+  assert difference['seeds'] == [0, 2] and difference['values'] == pytest.approx([0.01, 0.03])
+
+
+def test_one_seed_has_no_confidence_interval():
+  summary = experiment.summarize_seeds({4: fake_results(4, [0.62], [0.60])})
+  difference = summary['targets'][0]['difference']
+  assert difference['mean'] == pytest.approx(0.02) and difference['std'] == 0.0
+  assert difference['ci'] is None
+  assert '"ci": null' in json.dumps(summary)
+  assert plots.summary_table(summary).splitlines()[2].endswith('| +2.00 ± 0.00 | 1 of 1 | - |')
+  assert experiment.paired_difference({0: None, 1: None}) is None
+
+
 def test_summary_refuses_seeds_with_different_targets():
   other = fake_results(1, [0.9], [0.8])
   with pytest.raises(ValueError, match='seeds ran different configs'):
