@@ -192,7 +192,10 @@ def score_configs(scorer, variables, batches: Iterable[Mapping[str, np.ndarray]]
                   chunk_size: int, mesh: Mesh) -> list[dict[str, float]]:
   """Held-out accuracy, loss and correct count of every config, ``chunk_size`` at a time.
 
-  Each batch is moved to the devices once and scored by every chunk.
+  Every call scores exactly ``chunk_size`` configs (the last chunk padded with repeats of the
+  last config), so one compiled scorer serves any number of configs; the search picks a chunk
+  balanced over a step's calls (``search.balanced_chunk_size``). Each batch is moved to the
+  devices once and scored by every chunk.
   """
   matrix = space.matrix(configs)
   padding = (-len(configs)) % chunk_size

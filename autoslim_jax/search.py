@@ -148,9 +148,18 @@ def device_memory_bytes() -> int | None:
   return int(stats['bytes_limit']) if stats and 'bytes_limit' in stats else None
 
 
+def balanced_chunk_size(num_candidates: int, most_per_call: int) -> int:
+  """The smallest chunk that scores ``num_candidates`` in as few calls as chunks of
+  ``most_per_call`` would: 25 candidates with room for 20 a call are two calls of 13 (the last
+  padded by one), not 20 and a padded 20 (15 candidates of wasted work)."""
+  calls = -(-num_candidates // most_per_call)
+  return -(-num_candidates // calls)
+
+
 def automatic_chunk_size(network: Network, batch_size: int, num_candidates: int,
                          memory: int | None = None, num_devices: int | None = None) -> int:
-  """Candidates per vmapped call that fit in a device's memory (search.chunk_size 0).
+  """Candidates per vmapped call that fit in a device's memory (search.chunk_size 0),
+  balanced over the calls (``balanced_chunk_size``).
 
   Each device holds its share of the global batch for every candidate of a chunk; the peak is
   about ``CANDIDATE_MEMORY_FACTOR`` x that share x the largest feature map in float32. Without a
@@ -174,7 +183,7 @@ def automatic_chunk_size(network: Network, batch_size: int, num_candidates: int,
         f'largest feature map of {largest:,} values), more than the {memory / 2**30:.1f} GiB a '
         f'device has; use search.batch_size <= {fits} or more devices (the BatchNorm batch is '
         f'the global batch, so more devices hold it in smaller shares)')
-  return min(num_candidates, chunk)
+  return balanced_chunk_size(num_candidates, chunk)
 
 
 BATCHNORM_SEMANTICS = 'global batch, any device count'
@@ -245,7 +254,10 @@ def run_search(config: ml_collections.ConfigDict, workdir: str, network: Network
   mesh = parallel.make_mesh()
   if cfg.chunk_size < 0:
     raise ValueError(f'search.chunk_size must be >= 0 (0 = automatic), got {cfg.chunk_size}')
-  chunk_size = cfg.chunk_size or automatic_chunk_size(network, cfg.batch_size, len(space.units))
+  # At most search.chunk_size a call, balanced over the calls of a step of every unit's
+  # candidate; later steps (fewer candidates) keep that shape, so the scorer compiles once.
+  chunk_size = balanced_chunk_size(len(space.units), cfg.chunk_size) if cfg.chunk_size else (
+      automatic_chunk_size(network, cfg.batch_size, len(space.units)))
   # The held-out batches stay on the host for the whole search, in their stored dtype (uint8:
   # 7.5 GB for ImageNet's 50,000 images, not 30 GB of float32), normalised on the device.
   scorer = evaluate.make_candidate_scorer(network.supernet(), mesh, source.mean, source.std)

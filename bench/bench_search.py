@@ -8,7 +8,8 @@ first step (each unit one group narrower than the max config) scored on ``--imag
 images in batches of ``--batch_size`` (BatchNorm in batch-statistics mode), with
 ``evaluate.score_configs`` as the search runs it, at chunk sizes 1 (one candidate per call: one
 at a time), 4, 8, 16 and all candidates in one call (``--chunk_sizes``; ``auto``: what the
-search picks from the device's memory). Prints and appends to bench/results.md,
+search picks from the device's memory, balanced over the calls: room for 20 of 25 candidates
+gives 2 calls of 13). Prints and appends to bench/results.md,
 per chunk size: compile time (no persistent cache), candidate evaluations per second and images
 per second (candidates x images / time) as the median of ``--repeats`` passes after a warm-up,
 and the speed-up over one at a time. The weights are a fresh initialisation: throughput does

@@ -10,15 +10,22 @@ random configs, inplace distillation, SGD with Nesterov momentum) on synthetic i
   pass, float32, the state donated), ``sequential`` (members one after another), ``bfloat16``
   (fused, bfloat16 compute, float32 params) and ``no_donation`` (fused, the state copied);
 - ``torch``: the same step in PyTorch slicing weights per width (``bench/torch_slimmable.py``,
-  with PyTorch's default threads), measured in the same invocation, on the same configs, so the
-  JAX/PyTorch ratio comes from one run. Skipped, with a note, where PyTorch is not installed.
+  with PyTorch's default threads): float32 (the pair of ``fused``) and bf16 autocast with
+  channels-last tensors (the pair of ``bfloat16``), measured first in the same invocation, on
+  the same configs (they need no JAX compilation, so a run stopped during a minute-long JAX
+  compile keeps them), and each JAX row gives the JAX/PyTorch ratio of one run. Skipped, with a
+  note, where PyTorch is not installed. That PyTorch computes the JAX network's logits is
+  checked first where JAX computes on the CPU (``--check_torch``); on an accelerator the check
+  would compile the JAX network there, so it is left to tests/test_bench.py (CPU).
 
 Per setting it prints and appends to bench/results.md: compile time (trace + XLA compile, no
-persistent cache), the median step time of ``--repeats`` steps after a warm-up, images/s, and
-utilisation: *useful* MACs (those of the sub-networks actually trained: the configs' MACs) and
-*computed* MACs (JAX computes every member at max width) per second, each counting a training
-step as 3x the forward MACs, against the measured float32 (bfloat16 for that variant) matrix
-product peak of the device (``common.matmul_peak_flops``; 1 MAC = 2 FLOPs).
+persistent cache; on a GPU with XLA's autotuning level from ``XLA_FLAGS``,
+``--xla_gpu_autotune_level=N``, or "default"), the median step time of ``--repeats`` steps
+after a warm-up, images/s, and utilisation: *useful* MACs (those of the sub-networks actually
+trained: the configs' MACs) and *computed* MACs (JAX computes every member at max width) per
+second, each counting a training step as 3x the forward MACs, against the measured float32
+(bfloat16 for that variant) matrix product peak of the device (``common.matmul_peak_flops``;
+1 MAC = 2 FLOPs).
 
 Needs jax, flax, optax and numpy (PyTorch optional). Uses every local device (data parallel).
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import sys
 import time
@@ -59,6 +67,16 @@ VARIANTS = {'fused': dict(fused=True, donate=True, dtype=jnp.float32),
             'no_donation': dict(fused=True, donate=False, dtype=jnp.float32)}
 NUM_SANDWICH = 4
 SEED = 0
+# The PyTorch step paired with each JAX variant (same arithmetic precision).
+TORCH_PAIRS = {'fused': 'float32', 'bfloat16': 'bf16'}
+AUTOTUNE_FLAG = '--xla_gpu_autotune_level='
+
+
+def autotune_level() -> str:
+  """XLA's GPU autotuning level this process runs with: the XLA_FLAGS entry, or 'default'."""
+  levels = [f[len(AUTOTUNE_FLAG):] for f in os.environ.get('XLA_FLAGS', '').split()
+            if f.startswith(AUTOTUNE_FLAG)]
+  return levels[-1] if levels else 'default'
 
 
 def step_config(batch_size: int):
@@ -72,10 +90,12 @@ def step_config(batch_size: int):
 
 
 def drawn_configs(space, step: int, device: int = 0) -> list[dict[str, int]]:
-  """The configs ``device`` trains at ``step`` (max, min, random...), as ints."""
-  return [{name: int(v) for name, v in config.items()} for config in
-          steps.sandwich_configs(space, steps.device_key(SEED, jnp.int32(step), device),
-                                 NUM_SANDWICH)]
+  """The configs ``device`` trains at ``step`` (max, min, random...), as ints (drawn on the
+  CPU: no accelerator compilation)."""
+  with jax.default_device(jax.devices('cpu')[0]):
+    return [{name: int(v) for name, v in config.items()} for config in
+            steps.sandwich_configs(space, steps.device_key(SEED, jnp.int32(step), device),
+                                   NUM_SANDWICH)]
 
 
 def timed_steps(repeats: int) -> range:
@@ -94,8 +114,9 @@ def time_jax_step(network, space, batch_size: int, variant: dict, repeats: int) 
   net = models.create_network('mobilenet_v2', dtype=variant['dtype'], **NETWORKS[network])
   cfg = step_config(batch_size)
   mesh = parallel.make_mesh()
-  state = steps.create_train_state(
-      net, jax.random.key(SEED), lambda p: steps.create_optimizer(cfg, net, p))
+  # One program: eagerly, the optimizer's init compiles each of its small ops on its own.
+  state = jax.jit(lambda key: steps.create_train_state(
+      net, key, lambda p: steps.create_optimizer(cfg, net, p)))(jax.random.key(SEED))
   state = parallel.replicate(state, mesh)
   batch = parallel.shard_batch(synthetic_batch(net, batch_size), mesh)
   step = steps.make_train_step(net, space, cfg, mesh, fused=variant['fused'],
@@ -122,8 +143,9 @@ def torch_model(net, layout: str, device: str):
   import torch_slimmable  # pylint: disable=g-import-not-at-top
   model = torch_slimmable.SlicedMobileNetV2(net.max_widths, block_plan(layout),
                                             LAYOUTS[layout][0], net.num_classes)
-  torch_slimmable.load_flax_params(model, jax.device_get(net.init(jax.random.key(SEED)))[
-      'params'])
+  with jax.default_device(jax.devices('cpu')[0]):  # no accelerator compile before PyTorch's step
+    params = jax.device_get(net.init(jax.random.key(SEED)))['params']
+  torch_slimmable.load_flax_params(model, params)
   return model.to(device)
 
 
@@ -146,19 +168,28 @@ def torch_logits_match(net, model, configs, device: str, images: int = 8) -> flo
   return worst
 
 
+def check_torch_network(network, space) -> float:
+  """Refuses a PyTorch network that does not compute the JAX network's logits (on the CPU, JAX
+  and PyTorch both); returns their largest relative difference."""
+  net = models.create_network('mobilenet_v2', **NETWORKS[network])
+  with jax.default_device(jax.devices('cpu')[0]):
+    difference = torch_logits_match(net, torch_model(net, NETWORKS[network]['layout'], 'cpu'),
+                                    drawn_configs(space, 0), 'cpu')
+  if difference > 1e-3:
+    raise AssertionError(f'the PyTorch network differs from the JAX one: logits {difference:.2g}'
+                         ' apart (relative)')
+  return difference
+
+
 def time_torch_step(network, space, batch_size: int, repeats: int, bf16: bool = False) -> dict:
-  """Per-step seconds of the PyTorch slicing implementation on the configs JAX trained, after
-  checking that it computes the JAX network's logits; ``bf16``: under bfloat16 autocast with
-  channels-last tensors (PyTorch's fast path for convs on recent GPUs)."""
+  """Per-step seconds of the PyTorch slicing implementation on the configs JAX trained;
+  ``bf16``: under bfloat16 autocast with channels-last tensors (PyTorch's fast path for convs on
+  recent GPUs)."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch_slimmable  # pylint: disable=g-import-not-at-top
   net = models.create_network('mobilenet_v2', **NETWORKS[network])
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   model = torch_model(net, NETWORKS[network]['layout'], device)
-  difference = torch_logits_match(net, model, drawn_configs(space, 0), device)
-  if difference > 1e-3:
-    raise AssertionError(f'the PyTorch network differs from the JAX one: logits {difference:.2g}'
-                         ' apart (relative)')
   optimizer = torch.optim.SGD(model.parameter_groups(5e-4), lr=0.1, momentum=0.9,
                               nesterov=True)
   batch = synthetic_batch(net, batch_size)
@@ -178,7 +209,15 @@ def time_torch_step(network, space, batch_size: int, repeats: int, bf16: bool = 
 
   _, times = common.timed(one_step, repeats)
   return {'step_s': common.median(times), 'version': torch.__version__, 'device': device,
-          'threads': torch.get_num_threads(), 'logit_difference': difference}
+          'threads': torch.get_num_threads()}
+
+
+def free_torch_memory() -> None:
+  """Hands PyTorch's cached device memory back, for the JAX steps after it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  gc.collect()
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -191,6 +230,10 @@ def main() -> None:
                       'at the middle batch size only')
   parser.add_argument('--torch', default='auto', choices=('auto', 'yes', 'no'),
                       help='also time the PyTorch slicing step (auto: if torch imports)')
+  parser.add_argument('--check_torch', default='auto', choices=('auto', 'yes', 'no'),
+                      help='check first that PyTorch computes the JAX network\'s logits, on the '
+                      'CPU (auto: where JAX computes on the CPU; on an accelerator it would '
+                      'cost a compilation of the JAX network, and tests/test_bench.py checks it)')
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
   variants = [v for v in args.variants.split(',') if v]
@@ -206,10 +249,13 @@ def main() -> None:
       print('PyTorch is not installed: the PyTorch comparison is skipped (pip install torch)')
 
   platform = 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
+  check_torch = use_torch and (args.check_torch == 'yes' or (args.check_torch == 'auto'
+                                                             and platform == 'cpu'))
   peaks = {jnp.float32: common.matmul_peak_flops('float32'),
            jnp.bfloat16: common.matmul_peak_flops('bfloat16')}
+  autotune = f', XLA GPU autotune level {autotune_level()}' if platform == 'gpu' else ''
   print(f'{common.machine()}; matrix product peak: float32 {peaks[jnp.float32] / 1e9:.1f} '
-        f'GFLOP/s, bfloat16 {peaks[jnp.bfloat16] / 1e9:.1f} GFLOP/s', flush=True)
+        f'GFLOP/s, bfloat16 {peaks[jnp.bfloat16] / 1e9:.1f} GFLOP/s{autotune}', flush=True)
   networks = ('cifar', 'imagenet') if args.network == 'both' else (args.network,)
   for network in networks:
     net = models.create_network('mobilenet_v2', **NETWORKS[network])
@@ -220,62 +266,77 @@ def main() -> None:
              else (8,) if common.SMOKE else DEFAULT_BATCH_SIZES[(platform, network)])
     name = (f'{"CIFAR" if network == "cifar" else "ImageNet"} MobileNet v2 '
             f'{net.max_width_mult}x ({net.input_shape[0]}px, {max_macs / 1e6:.0f}M MACs at max)')
+    checked = (f'logits checked against JAX on the CPU ({check_torch_network(network, space):.1g}'
+               ' apart)' if check_torch else 'logits not checked in this run (tests/test_bench.py'
+               ' checks them on the CPU)')
     for batch_size in sizes:
       middle = batch_size == sizes[len(sizes) // 2]
+      chosen = [v for v in variants if v == 'fused' or middle]
       useful = np.mean([sum(resource_model(c)['macs'] for c in drawn_configs(space, s, d))
                         for s in timed_steps(args.repeats) for d in range(jax.device_count())])
       computed = NUM_SANDWICH * max_macs
-      for variant in variants:
-        if variant != 'fused' and not middle:
+      setting = f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}, median of {args.repeats}'
+
+      def append(benchmark, more_setting, result, torch_used=False):
+        # Each row as soon as it is measured: a run stopped at its time cap keeps them (the
+        # first accelerator run compiled for 60-120 s a variant).
+        packages = ('jax', 'flax', 'optax', 'numpy') + (('torch',) if torch_used else ())
+        common.append_results([common.row(f'supernet sandwich step, {benchmark}',
+                                          setting + more_setting, result, packages)])
+
+      # PyTorch first (float32 for fused, bf16 autocast for bfloat16): no JAX compilation.
+      torch_seconds = {}
+      torch_variants = [TORCH_PAIRS[v] for v in chosen if v in TORCH_PAIRS] if use_torch else []
+      for torch_variant in torch_variants:
+        benchmark = 'PyTorch slicing' + (', bf16 autocast, channels-last'
+                                         if torch_variant == 'bf16' else '')
+        try:
+          result = time_torch_step(network, space, batch_size, args.repeats,
+                                   bf16=torch_variant == 'bf16')
+        except RuntimeError as e:  # torch.OutOfMemoryError; JAX holds 75% of a GPU by default
+          if 'out of memory' not in str(e):
+            raise
+          result = {'out_of_memory': str(e).splitlines()[0][:120]}
+        free_torch_memory()
+        if 'out_of_memory' in result:
+          print(f'{network} batch {batch_size} torch {torch_variant}: out of memory', flush=True)
+          append(benchmark, '', f'out of device memory ({result["out_of_memory"]})',
+                 torch_used=True)
           continue
+        print(f'{network} batch {batch_size} torch {torch_variant}: {result}', flush=True)
+        torch_seconds[torch_variant] = result['step_s']
+        per_second = batch_size / result['step_s']
+        useful_rate = 3 * useful * per_second
+        peak = peaks[jnp.bfloat16 if torch_variant == 'bf16' else jnp.float32]
+        append(benchmark, f', torch {result["version"]} on {result["device"]}, '
+               f'{result["threads"]} threads, {checked}',
+               f'{per_second:,.1f} images/s ({result["step_s"] * 1e3:,.0f} ms/step); useful '
+               f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peak:.1f}% of peak)',
+               torch_used=True)
+      for variant in chosen:
         try:
           result = time_jax_step(network, space, batch_size, VARIANTS[variant], args.repeats)
         except jax.errors.JaxRuntimeError as e:
           if 'RESOURCE_EXHAUSTED' not in str(e):
             raise
           print(f'{network} batch {batch_size} {variant}: out of memory', flush=True)
-          common.append_results([common.row(
-              f'supernet sandwich step, JAX {variant}',
-              f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}',
-              f'out of device memory ({str(e).splitlines()[0][:120]})',
-              ('jax', 'flax', 'optax', 'numpy'))])
+          append(f'JAX {variant}', autotune,
+                 f'out of device memory ({str(e).splitlines()[0][:120]})')
           continue
         print(f'{network} batch {batch_size} {variant}: {result}', flush=True)
         per_second = batch_size / result['step_s']
         peak = peaks[VARIANTS[variant]['dtype']]
         useful_rate = 3 * useful * per_second
         computed_rate = 3 * computed * per_second
-        # Each row as soon as it is measured: a run stopped at its time cap keeps them (the
-        # first accelerator run compiled for 60-120 s a variant).
-        common.append_results([common.row(
-            f'supernet sandwich step, JAX {variant}', f'{name}, batch {batch_size}, sandwich '
-            f'{NUM_SANDWICH}, median of {args.repeats}',
-            f'{per_second:,.1f} images/s ({result["step_s"] * 1e3:,.0f} ms/step; compile '
-            f'{result["compile_s"]:.1f} s); useful {useful_rate / 1e9:,.1f} GMAC/s '
-            f'({200 * useful_rate / peak:.1f}% of peak), computed {computed_rate / 1e9:,.1f} '
-            f'GMAC/s ({200 * computed_rate / peak:.1f}%)', ('jax', 'flax', 'optax', 'numpy'))])
-        # PyTorch float32 against JAX fused, and PyTorch bf16 autocast (channels-last) against
-        # JAX bfloat16, each pair measured in this run, right after its JAX variant.
-        torch_variant = {'fused': 'float32', 'bfloat16': 'bf16'}.get(variant)
-        if not use_torch or torch_variant is None:
-          continue
-        torch_result = time_torch_step(network, space, batch_size, args.repeats,
-                                       bf16=torch_variant == 'bf16')
-        print(f'{network} batch {batch_size} torch {torch_variant}: {torch_result}', flush=True)
-        per_second = batch_size / torch_result['step_s']
-        useful_rate = 3 * useful * per_second
-        peak = peaks[jnp.bfloat16 if torch_variant == 'bf16' else jnp.float32]
-        ratio = torch_result['step_s'] / result['step_s']
-        common.append_results([common.row(
-            'supernet sandwich step, PyTorch slicing' + (
-                ', bf16 autocast, channels-last' if torch_variant == 'bf16' else ''),
-            f'{name}, batch {batch_size}, sandwich {NUM_SANDWICH}, median of {args.repeats}, '
-            f'torch {torch_result["version"]} on {torch_result["device"]}, '
-            f'{torch_result["threads"]} threads',
-            f'{per_second:,.1f} images/s ({torch_result["step_s"] * 1e3:,.0f} ms/step); useful '
-            f'{useful_rate / 1e9:,.1f} GMAC/s ({200 * useful_rate / peak:.1f}% of peak); JAX '
-            f'{variant} / PyTorch {torch_variant} throughput: {ratio:.2f}x',
-            ('jax', 'flax', 'optax', 'numpy', 'torch'))])
+        pair = TORCH_PAIRS.get(variant)
+        ratio = (f'; JAX {variant} / PyTorch {pair} throughput: '
+                 f'{torch_seconds[pair] / result["step_s"]:.2f}x' if pair in torch_seconds
+                 else '')
+        append(f'JAX {variant}', autotune,
+               f'{per_second:,.1f} images/s ({result["step_s"] * 1e3:,.0f} ms/step; compile '
+               f'{result["compile_s"]:.1f} s); useful {useful_rate / 1e9:,.1f} GMAC/s '
+               f'({200 * useful_rate / peak:.1f}% of peak), computed {computed_rate / 1e9:,.1f} '
+               f'GMAC/s ({200 * computed_rate / peak:.1f}%){ratio}')
 
 
 if __name__ == '__main__':

@@ -177,6 +177,44 @@ def test_stopped_and_resumed_search_ends_with_the_same_trajectory(tiny_network, 
       search.read_trajectory(str(straight_dir)))
 
 
+def test_chunks_are_balanced_over_the_calls_of_a_step(tiny_network, setting, straight_run,
+                                                    tmp_path, monkeypatch):
+  """25 candidates with room for 20 a call run as two calls of 13 (one padded), not 20 and a
+  padded 20; the search chooses exactly as with every candidate in one call."""
+  variables, source = setting
+  straight_dir, _, _, targets = straight_run
+  assert [search.balanced_chunk_size(25, most) for most in (25, 20, 13, 12, 8, 1)] == [
+      25, 13, 13, 9, 7, 1]
+  largest = max(l.out_channels * l.out_height * l.out_width for l in tiny_network.layers)
+  room_for_20 = int(20.5 * search.CANDIDATE_MEMORY_FACTOR * 256 * largest * 4
+                    / search.USABLE_MEMORY)
+  assert search.automatic_chunk_size(tiny_network, 2048, 25, room_for_20, 8) == 13
+  calls = []
+  make_scorer = evaluate.make_candidate_scorer
+
+  def recording_scorer(*args, **kwargs):
+    scorer = make_scorer(*args, **kwargs)
+    def score(variables, batch, configs):
+      calls.append(len(next(iter(configs.values()))))
+      return scorer(variables, batch, configs)
+    return score
+
+  monkeypatch.setattr(evaluate, 'make_candidate_scorer', recording_scorer)
+  units = len(tiny_network.channel_space().units)
+  assert units == 25
+  _search(tiny_network, variables, source, tmp_path, targets=targets, chunk_size=20,
+          stop_after_step=2)
+  # One held-out batch: the max config (one padded call), then two calls a step.
+  assert calls == [13] * 5
+  balanced = search.read_trajectory(str(tmp_path))
+  straight = search.read_trajectory(str(straight_dir))[:3]
+  exact = lambda steps: [{k: v for k, v in s.items() if k not in ('seconds', 'heldout_loss')}
+                         for s in steps]
+  assert exact(balanced) == exact(straight)  # the losses: to float rounding (chunk sizes)
+  np.testing.assert_allclose([s['heldout_loss'] for s in balanced],
+                             [s['heldout_loss'] for s in straight], rtol=1e-6)
+
+
 def test_latency_is_measured_once_per_step_on_the_slim_network(tiny_network, setting,
                                                                 tmp_path):
   variables, source = setting
