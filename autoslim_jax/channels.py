@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 from typing import Mapping, Sequence
 

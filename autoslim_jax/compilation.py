@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from typing import Iterator
 
 import jax
@@ -52,6 +53,7 @@ class CompileLog:
 
   def __init__(self, announce: bool = True):
     self.compilations: list[Compilation] = []
+    self.stage_walls: list[tuple[str, float]] = []  # (stage, wall seconds), as each ends
     self.announce = announce
     self._stage = 'start'
     self._local = threading.local()
@@ -109,23 +111,32 @@ class CompileLog:
     """Compilations inside are the stage ``name``'s; its total is logged at the end."""
     previous, self._stage = self._stage, name
     first = len(self.compilations)
+    start = time.perf_counter()
     try:
       yield
     finally:
       self._stage = previous
+      self.stage_walls.append((name, time.perf_counter() - start))
       mine = self.compilations[first:]
       if mine and self.announce:
         logging.info('%s: %s', name, describe(mine))
 
-  def summary(self, first: int = 0) -> dict:
-    """Programs and seconds per stage and in all, of the compilations from index ``first`` on;
-    "long" ones took LONG_COMPILE_SECONDS or more."""
+  def summary(self, first: int = 0, first_wall: int = 0) -> dict:
+    """Programs and seconds per stage and in all, of the compilations from index ``first`` on
+    (and the wall seconds of the stages from ``stage_walls[first_wall]`` on); "long" ones took
+    LONG_COMPILE_SECONDS or more; ``programs_by_name``: how many programs of each name were
+    compiled (not loaded from the cache)."""
     mine = self.compilations[first:]
     stages = collections.OrderedDict()
     for c in mine:
       stages.setdefault(c.stage, []).append(c)
+    stages = {name: totals(items) for name, items in stages.items()}
+    for name, seconds in self.stage_walls[first_wall:]:
+      entry = stages.setdefault(name, totals([]))
+      entry['wall_seconds'] = round(entry.get('wall_seconds', 0.0) + seconds, 2)
     return {'total': totals(mine),
-            'stages': {name: totals(items) for name, items in stages.items()},
+            'stages': stages,
+            'programs_by_name': dict(collections.Counter(c.name for c in mine if not c.cache_hit)),
             'long_programs': [dataclasses.asdict(c) for c in mine
                               if c.seconds >= LONG_COMPILE_SECONDS]}
 

@@ -106,6 +106,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.retrain = ml_collections.ConfigDict()
   config.retrain.mode = 'individual'  # individual (slim nets) | joint (one slimmable net)
   config.retrain.uniform_baseline = True
+  # Individual mode: every searched and uniform net trained side by side in one compiled program
+  # (the masked supernet at each net's config, each with its own weights and optimizer state,
+  # the same batches; it computes what the slim nets compute). False: each net as a physically
+  # slim network with a program of its own: smaller steps, a compile each (bench/results.md).
+  config.retrain.side_by_side = True
   # Published AutoSlim nets of config.model to retrain instead of the search's results (names as
   # in autoslim_jax/published.py, e.g. ('207M', '305M')): stages retrain and export only.
   config.retrain.published = ()

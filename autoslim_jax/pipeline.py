@@ -117,11 +117,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
   cache_dir = compilation.use_persistent_cache(config.compilation.cache_dir,
                                                config.compilation.min_compile_seconds)
   with compilation.recording() as compile_log:
-    first = len(compile_log.compilations)
+    first, first_wall = len(compile_log.compilations), len(compile_log.stage_walls)
+    start = time.perf_counter()
     try:
       return _run_stages(config, workdir, overwrite, cache_dir)
     finally:
-      summary = compile_log.summary(first)
+      summary = compile_log.summary(first, first_wall)
+      summary['total']['wall_seconds'] = round(time.perf_counter() - start, 2)
       logging.info('this run %s', compilation.describe(compile_log.compilations[first:]))
       if files.exists(os.path.join(workdir, CONFIG_FILE)) and parallel.is_main_process():
         files.write_atomic(os.path.join(workdir, COMPILATION_FILE),
@@ -154,21 +156,24 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, overwrite: bool
     if searched is None:
       return None
 
-  # Stage 3: retraining from scratch (restored when only the export is asked for).
+  # Stage 3: retraining from scratch (restored when only the export is asked for; nothing to
+  # do once the export is written).
   retrain_dir = os.path.join(workdir, 'retrain')
+  results_path = os.path.join(workdir, RESULTS_FILE)
   retrained = None
-  if 'retrain' in stages or files.is_dir(retrain_dir):
+  if files.exists(results_path):
+    logging.info('stage retrain: complete (the export is written: %s)', results_path)
+  elif 'retrain' in stages or files.is_dir(retrain_dir):
     with compilation.stage('retrain'):
       retrained = retrain.run_retrain(config, retrain_dir, retrain_network, searched, source,
                                       restore_only='retrain' not in stages)
-  if retrained is None and config.retrain.published:
+  if retrained is None and config.retrain.published and not files.exists(results_path):
     raise ValueError(f'the published networks are not retrained in {retrain_dir}; add retrain to '
                      'config.stages')
   if last_stage == 'retrain':
     return None
 
   # Stage 4: calibrate, test, export, report.
-  results_path = os.path.join(workdir, RESULTS_FILE)
   if files.exists(results_path):
     logging.info('stage export: complete (%s)', results_path)
     results = files.read_json(results_path)
@@ -350,15 +355,17 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
         entry = row['uniform'] = {'width_mult': baseline['width_mult'],
                                   **describe(family_channels), 'test_accuracy': None}
       if config.retrain.mode == 'individual':
-        state = retrained[family][record['name']]
-        module = network.slim_module(family_channels)
-        slim_vars, metrics = evaluator.calibrated_test(module,
-                                                       retrain.trained_variables(state))
+        trained = retrained[family][record['name']]
+        masked, variables = trained.masked, trained.variables
       else:
-        joint_vars, metrics = evaluator.calibrated_test(
-            supernet, retrain.trained_variables(retrained[family]),
-            space.as_arrays(family_channels))
-        _, slim_vars = export.export_slim(network, joint_vars, family_channels)
+        masked, variables = True, retrain.trained_variables(retrained[family])
+      if masked:  # the supernet's shapes: calibrated and tested through the supernet's programs
+        masked_vars, metrics = evaluator.calibrated_test(supernet, variables,
+                                                         space.as_arrays(family_channels))
+        _, slim_vars = export.export_slim(network, masked_vars, family_channels)
+      else:
+        slim_vars, metrics = evaluator.calibrated_test(network.slim_module(family_channels),
+                                                       variables)
       entry['test_accuracy'] = metrics['accuracy']
       entry['test_loss'] = metrics['loss']
       entry['export'] = save(record['name'], family, family_channels, slim_vars)

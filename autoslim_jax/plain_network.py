@@ -225,10 +225,17 @@ class _Program:
   unit_of: dict  # label class root -> unit name
 
 
-def _trace_program(module, traced, images: jax.ShapeDtypeStruct, train: bool, mutable
-                   ) -> _Program:
+def _trace_program(module, traced, images: jax.ShapeDtypeStruct, train: bool, mutable,
+                   dtypes: dict) -> _Program:
+  """``dtypes``: the dtype of each variable (by path) the program is called with, so that
+  variables cast after init (float64 BatchNorm statistics, say) run as the module would run them.
+  """
   kwargs = {'train': train} if _takes_train(module) else {}
   variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kwargs), images)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda keypath, leaf: jax.ShapeDtypeStruct(
+          leaf.shape, dtypes.get(tuple(tracing._key_name(k) for k in keypath), leaf.dtype)),  # pylint: disable=protected-access
+      variables)
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
   paths = [tuple(tracing._key_name(k) for k in keypath) for keypath, _ in leaves]  # pylint: disable=protected-access
 
@@ -400,12 +407,13 @@ class SlimPlainNetwork:
                        traverse_util.unflatten_dict(widened), images, self.config)
     return slim_variables(self.traced, {'batch_stats': stats}, self.config)['batch_stats']
 
-  def program(self, images, train: bool, mutable) -> _Program:
-    key = (tuple(images.shape), str(images.dtype), train, repr(mutable))
+  def program(self, images, train: bool, mutable, dtypes: dict) -> _Program:
+    key = (tuple(images.shape), str(images.dtype), train, repr(mutable),
+           tuple(sorted((path, str(dtype)) for path, dtype in dtypes.items())))
     if key not in self._programs:
       self._programs[key] = _trace_program(
           self.module, self.traced, jax.ShapeDtypeStruct(images.shape, images.dtype), train,
-          mutable)
+          mutable, dtypes)
     return self._programs[key]
 
   def apply(self, variables, images, config=None, train: bool = False, mutable=False,
@@ -416,8 +424,9 @@ class SlimPlainNetwork:
       raise NotImplementedError('random layers (dropout) are not supported in a slim plain '
                                 'network yet')
     images = jnp.asarray(images)
-    program = self.program(images, train, mutable)
     flat = _flat(variables)
+    program = self.program(images, train, mutable,
+                           {path: jnp.result_type(value) for path, value in flat.items()})
     missing = [p for p in program.variable_paths if p not in flat]
     if missing:
       raise ValueError(f'slim network: variables {["/".join(p) for p in missing]} are missing')

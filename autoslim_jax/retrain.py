@@ -1,10 +1,15 @@
 """Retraining the searched configs from scratch, and the uniform baseline at the same budget.
 
-``individual`` mode trains every searched config as a physically slim network (plain layers, no
-masks) with the ``retrain`` recipe, and beside it the uniform width-multiplier network whose value
-of the target's metric (MACs, params, memory or measured latency) is closest to the searched
-net's without exceeding the target's budget (the width found by bisection), so every target has
-a baseline trained the same way. ``joint`` mode trains one slimmable network over the
+``individual`` mode trains every searched config as a network of its own with the ``retrain``
+recipe, and beside it the uniform width-multiplier network whose value of the target's metric
+(MACs, params, memory or measured latency) is closest to the searched net's without exceeding the
+target's budget (the width found by bisection), so every target has a baseline trained the same
+way. With ``retrain.side_by_side`` (the default) all of them train side by side in one compiled
+program, each with its own weights, BatchNorm statistics and optimizer state, on the same batches:
+the masked supernet at each network's config, its channels beyond the config zero and kept zero,
+which computes what the physically slim network computes (tests/test_side_by_side.py); otherwise
+each is trained as a physically slim network with a program of its own (a compile each, smaller
+steps). ``joint`` mode trains one slimmable network over the
 searched configs together (the largest learns from the labels, the others by inplace
 distillation), and one over the uniform configs as its baseline.
 
@@ -13,14 +18,19 @@ Every run lives in its own folder under ``workdir`` and resumes from its checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
+import numpy as np
+from flax import traverse_util
 
+from autoslim_jax import export
 from autoslim_jax import input_pipeline
 from autoslim_jax import parallel
+from autoslim_jax import plain_network
 from autoslim_jax import resources as resources_lib
 from autoslim_jax import steps
 from autoslim_jax import train
@@ -133,10 +143,92 @@ def joint_order(network: Network, configs: Sequence[Mapping[str, int]]) -> list[
   return sorted(range(len(configs)), key=lambda i: -resource_model(configs[i])['macs'])
 
 
+@dataclasses.dataclass
+class Trained:
+  """A retrained network's variables (on the host) and how they are laid out: ``masked``, the
+  supernet's max-width shapes (run the supernet at the network's config; ``export.export_slim``
+  cuts them), or physically slim."""
+  variables: dict[str, Any]
+  masked: bool
+
+
+def embedded_variables(network: Network, variables: Mapping[str, Any],
+                       channels: Mapping[str, int]) -> dict[str, Any]:
+  """Max-width ``variables`` (a fresh initialisation) as the initial state of the slim network
+  at ``channels``, embedded in the supernet's shapes: every entry the slim network lacks is
+  zero, and every conv kernel of the zoo's layers is rescaled to the slim layer's fan-out.
+
+  The zoo's conv kernels are drawn He-normal over fan-out (``layers.CONV_INIT``): a slice of a
+  N(0, 2 / fan_out_max) draw times sqrt(fan_out_max / fan_out_slim) is a N(0, 2 / fan_out_slim)
+  draw, the slim layer's own initial distribution; the classifier's N(0, 0.01) and BatchNorm's
+  ones and zeros do not depend on the width. A plain module's initialisers are its author's:
+  its layers keep the max-width draw, sliced (as its slim network initialises itself).
+  """
+  flat = traverse_util.flatten_dict(jax.device_get(dict(variables)))
+  # Which entries the slim network keeps: export's slicing applied to the entries' indices.
+  indices = {key: np.arange(value.size).reshape(value.shape) for key, value in flat.items()}
+  kept = traverse_util.flatten_dict(export.slim_variables(
+      network, traverse_util.unflatten_dict(indices), channels))
+  scales = {}
+  if not isinstance(network, plain_network.PlainNetwork):
+    for layer in network.layers:
+      if layer.kind in ('conv', 'depthwise') and layer.out_unit is not None:
+        scales[('params', *layer.path, 'conv', 'kernel')] = np.sqrt(
+            layer.out_channels / channels[layer.out_unit])
+  embedded = {}
+  for key, value in flat.items():
+    mask = np.zeros(value.size, bool)
+    mask[np.asarray(kept[key]).ravel()] = True
+    embedded[key] = np.where(mask.reshape(value.shape), value * scales.get(key, 1.0),
+                             0).astype(value.dtype)
+  return traverse_util.unflatten_dict(embedded)
+
+
+def side_by_side_state(network: Network, module, key: jax.Array, make_tx: Callable,
+                       channel_sets: Sequence[Mapping[str, int]]) -> steps.TrainState:
+  """The initial state of ``len(channel_sets)`` networks trained side by side: each leaf with a
+  leading network axis; every network drawn from the supernet's initialisation at ``key`` (the
+  supernet stage's compiled program) and embedded at its channels."""
+  fresh = steps.create_train_state(network, key, make_tx, module)
+  variables = {'params': fresh.params, 'batch_stats': fresh.batch_stats}
+  nets = [embedded_variables(network, variables, channels) for channels in channel_sets]
+  stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *nets)
+  return steps.TrainState.create(apply_fn=module.apply, params=stacked['params'],
+                                 batch_stats=stacked['batch_stats'], tx=fresh.tx)
+
+
+def train_side_by_side(config: ml_collections.ConfigDict, workdir: str, network: Network,
+                       channel_sets: Sequence[Mapping[str, int]], names: Sequence[str],
+                       source: input_pipeline.DataSource, stop_after_step: int | None = None,
+                       restore_only: bool = False) -> list[Trained]:
+  """Trains (or resumes, or restores) the networks at ``channel_sets`` side by side with the
+  retrain recipe; returns each one's variables (max-width shapes, zero beyond its channels)."""
+  module = network.supernet()
+  mesh = parallel.make_mesh()
+  space = network.channel_space()
+  configs = parallel.replicate(
+      {unit: np.asarray([space.validate(c)[unit] for c in channel_sets], np.int32)
+       for unit in space.unit_names}, mesh)
+  state = train.fit(
+      f'retrain {len(names)} networks side by side', config.retrain, config, workdir, network,
+      module, lambda: steps.make_side_by_side_step(module, network.num_classes, config.retrain,
+                                                   names, mesh),
+      source, None, stop_after_step, restore_only,
+      create_state=lambda make_tx: side_by_side_state(
+          network, module, jax.random.key(config.seed), make_tx, channel_sets),
+      step_configs=configs)
+  stacked = trained_variables(state)
+  return [Trained(jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stacked), masked=True)
+          for i in range(len(names))]
+
+
+SIDE_BY_SIDE_DIR = 'side_by_side'
+
+
 def run_retrain(config: ml_collections.ConfigDict, workdir: str, network: Network,
                 targets: Sequence[Mapping[str, Any]], source: input_pipeline.DataSource,
                 restore_only: bool = False) -> dict[str, Any]:
-  """Trains every searched net (and its baseline); returns {family: {target: train state}} for
+  """Trains every searched net (and its baseline); returns {family: {target: Trained}} for
   individual mode, {family: train state} for joint mode. Finished runs are only restored."""
   cfg = config.retrain
   families = FAMILIES if cfg.uniform_baseline else FAMILIES[:1]
@@ -144,16 +236,32 @@ def run_retrain(config: ml_collections.ConfigDict, workdir: str, network: Networ
   if cfg.uniform_baseline:
     channel_sets['uniform'] = [baseline_for(network, t)['channels'] for t in targets]
   states = {}
-  if cfg.mode == 'individual':
+  if cfg.mode == 'individual' and cfg.side_by_side:
+    unique, names, index = [], [], {}  # two nets may share a config: train it once
+    for family in families:
+      for target, channels in zip(targets, channel_sets[family]):
+        key = tuple(sorted(channels.items()))
+        if key not in index:
+          index[key] = len(unique)
+          unique.append(channels)
+          names.append(f'{target["name"]}_{family}')
+    trained = train_side_by_side(config, os.path.join(workdir, SIDE_BY_SIDE_DIR), network,
+                                 unique, names, source, restore_only=restore_only)
+    for family in families:
+      states[family] = {
+          target['name']: trained[index[tuple(sorted(channels.items()))]]
+          for target, channels in zip(targets, channel_sets[family])}
+  elif cfg.mode == 'individual':
     for family in families:
       states[family] = {}
       done = {}  # two targets may share a config: train it once
       for target, channels in zip(targets, channel_sets[family]):
         key = tuple(sorted(channels.items()))
         if key not in done:
-          done[key] = train_slim(config, os.path.join(workdir, target['name'], family), network,
-                                 channels, source, f'{target["name"]} {family}',
-                                 restore_only=restore_only)
+          state = train_slim(config, os.path.join(workdir, target['name'], family), network,
+                             channels, source, f'{target["name"]} {family}',
+                             restore_only=restore_only)
+          done[key] = Trained(trained_variables(state), masked=False)
         states[family][target['name']] = done[key]
   elif cfg.mode == 'joint':
     for family in families:

@@ -177,6 +177,26 @@ def sandwich_loss(params, batch_stats, module: nn.Module, images, labels,
   return sum(losses), (jnp.stack(losses), all_logits, first_batch_stats)
 
 
+def _apply_mean_gradients(state: TrainState, grads, batch_stats, total: jax.Array,
+                          learning_rate: jax.Array, num_devices: int):
+  """Inside ``shard_map``: one update from the devices' mean gradient, BatchNorm statistics and
+  loss; a non-finite step leaves the state as it was. Returns (state, mean loss, finite)."""
+  # Inside shard_map the gradient of the replicated params already comes back summed over
+  # devices (the transpose of the implicit broadcast is a psum): divide once for the mean.
+  grads = jax.tree_util.tree_map(lambda g: g / num_devices, grads)
+  mean = functools.partial(jax.lax.pmean, axis_name=parallel.DATA_AXIS)
+  batch_stats = mean(batch_stats)
+  total = mean(total)
+  # One reduction (a NaN or inf anywhere makes the norm non-finite): checking every leaf on
+  # its own doubled the step's compile time.
+  finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
+  updated = apply_scaled_gradients(state, grads, learning_rate, batch_stats=batch_stats)
+  # No bad state can reach a checkpoint.
+  new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated,
+                                     state)
+  return new_state, total, finite
+
+
 def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
                            draw_configs: Callable[[jax.Array, jax.Array, jax.Array], list],
                            member_names: Sequence[str], mesh: Mesh, fused: bool = True,
@@ -184,8 +204,8 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
   """The jitted data-parallel step: (state, sharded batch, ``step_inputs``) -> (state, metrics).
 
   ``draw_configs(seed, step, device)`` gives the configs one device trains at one step, the
-  teacher first; ``member_names`` name them in the metrics (``loss_<name>``, ``<name>_accuracy`` of the
-  first two). ``fused`` and ``inplace_distillation``: see ``sandwich_loss`` (joint retraining
+  teacher first; ``member_names`` name them in the metrics (``loss_<name>``, and
+  ``<name>_accuracy`` of the first two). ``fused`` and ``inplace_distillation``: see ``sandwich_loss`` (joint retraining
   always distils; the supernet reads ``supernet.inplace_distillation``); ``donate``: the input
   state's buffers are reused for the output (the caller must not read the state it passed in).
   """
@@ -200,22 +220,11 @@ def make_distillation_step(module: nn.Module, num_classes: int, cfg: Any,
         fused=fused, inplace_distillation=inplace_distillation)
     (total, (losses, logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state.batch_stats)
-    # Inside shard_map the gradient of the replicated params already comes back summed over
-    # devices (the transpose of the implicit broadcast is a psum): divide once for the mean.
-    grads = jax.tree_util.tree_map(lambda g: g / num_devices, grads)
-    mean = functools.partial(jax.lax.pmean, axis_name=parallel.DATA_AXIS)
-    batch_stats = mean(batch_stats)
-    total = mean(total)
-    # One reduction (a NaN or inf anywhere makes the norm non-finite): checking every leaf on
-    # its own doubled the step's compile time.
-    finite = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
-    updated = apply_scaled_gradients(state, grads, inputs['learning_rate'],
-                                     batch_stats=batch_stats)
-    # A non-finite step leaves the state as it was: no bad state can reach a checkpoint.
-    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), updated,
-                                       state)
+    new_state, total, finite = _apply_mean_gradients(state, grads, batch_stats, total,
+                                                     inputs['learning_rate'], num_devices)
     metrics = {'loss': total, 'finite': finite.astype(jnp.float32),
                'learning_rate': inputs['learning_rate']}
+    mean = functools.partial(jax.lax.pmean, axis_name=parallel.DATA_AXIS)
     for name, member_logits in list(zip(member_names, logits))[:2]:
       metrics[f'{name}_accuracy'] = mean(
           jnp.mean(jnp.argmax(member_logits, -1) == batch['label']))
@@ -237,3 +246,52 @@ def make_train_step(network: Network, space: channels_lib.ChannelSpace, cfg: Any
   return make_distillation_step(network.supernet(), network.num_classes, cfg, draw,
                                 sandwich_member_names(cfg.num_sandwich), mesh,
                                 inplace_distillation=cfg.inplace_distillation, **options)
+
+
+def make_side_by_side_step(module: nn.Module, num_classes: int, cfg: Any, names: Sequence[str],
+                           mesh: Mesh, donate: bool = True):
+  """One data-parallel step of ``len(names)`` independent networks trained side by side: the
+  masked supernet ``module`` vmapped over stacked parameters, BatchNorm statistics, optimizer
+  state and configs, each network at its own config, on the same batch.
+
+  (state with a leading network axis, sharded batch, ``step_inputs`` + ``configs``: unit ->
+  (networks,) int32) -> (state, metrics: ``loss`` summed over the networks, ``loss_<name>`` and
+  ``<name>_accuracy`` of each). Each network learns from the labels with label smoothing, as a
+  physically slim network alone would: its channels beyond its config are zero in the weights
+  (``retrain.embedded_variables``) and stay zero (zero inputs, zero gradients, zero weight
+  decay), so it computes what the slim network computes (tests/test_side_by_side.py, in
+  float64). The configs are an input: one compiled program for every set of that many configs.
+  """
+  num_devices = mesh.size
+
+  def per_device(state: TrainState, batch, inputs):
+    targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes),
+                                  cfg.label_smoothing)
+
+    def one_network(params, batch_stats, config):
+      logits, updated = module.apply({'params': params, 'batch_stats': batch_stats},
+                                     batch['image'], config, train=True, mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      return loss, (logits, updated['batch_stats'])
+
+    def summed(params, batch_stats):
+      losses, aux = jax.vmap(one_network)(params, batch_stats, inputs['configs'])
+      return jnp.sum(losses), (losses, *aux)
+
+    (total, (losses, logits, batch_stats)), grads = jax.value_and_grad(summed, has_aux=True)(
+        state.params, state.batch_stats)
+    new_state, total, finite = _apply_mean_gradients(state, grads, batch_stats, total,
+                                                     inputs['learning_rate'], num_devices)
+    mean = functools.partial(jax.lax.pmean, axis_name=parallel.DATA_AXIS)
+    losses = mean(losses)
+    accuracies = mean(jnp.mean(jnp.argmax(logits, -1) == batch['label'], axis=-1))
+    metrics = {'loss': total, 'finite': finite.astype(jnp.float32),
+               'learning_rate': inputs['learning_rate']}
+    for i, name in enumerate(names):
+      metrics[f'loss_{name}'] = losses[i]
+      metrics[f'{name}_accuracy'] = accuracies[i]
+    return new_state, metrics
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
+                       out_specs=(P(), P()))
+  return jax.jit(step, donate_argnums=0 if donate else ())

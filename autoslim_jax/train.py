@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -122,22 +122,28 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
         workdir: str, network: Network, module: nn.Module,
         make_step: Callable[[], Callable], source: input_pipeline.DataSource,
         evaluate_fn: Callable[[steps.TrainState], dict[str, float]] | None = None,
-        stop_after_step: int | None = None, restore_only: bool = False) -> steps.TrainState:
+        stop_after_step: int | None = None, restore_only: bool = False,
+        create_state: Callable[[Callable], steps.TrainState] | None = None,
+        step_configs: Any = None) -> steps.TrainState:
   """The training loop every stage shares: resume, step, log, evaluate, checkpoint.
 
   ``cfg`` is the stage's config section (batch size, epochs, optimizer, logging periods);
   ``make_step()`` builds the jitted step (state, batch, ``steps.step_inputs``); ``evaluate_fn(state)`` returns scalars to log
   every ``cfg.eval_every_steps`` and at the end. A finished run is only restored;
   ``restore_only`` refuses to train (a later stage asking for an earlier stage's result).
+  ``create_state(make_tx)`` makes the initial state (default: ``module`` initialised at the
+  config's seed); ``step_configs``, when given, go to the step as its input ``configs``.
   """
   parallel.check_batch_size(cfg.batch_size, f'{name}: batch_size')
   mesh = parallel.make_mesh()
   steps_per_epoch = input_pipeline.steps_per_epoch(source, cfg.batch_size)
   total_steps = max(1, int(round(cfg.num_epochs * steps_per_epoch)))
   schedule = steps.learning_rate_schedule(cfg, steps_per_epoch, total_steps)
-  state = steps.create_train_state(
-      network, jax.random.key(config.seed),
-      lambda params: steps.create_optimizer(cfg, network, params), module)
+  make_tx = lambda params: steps.create_optimizer(cfg, network, params)
+  if create_state is None:
+    state = steps.create_train_state(network, jax.random.key(config.seed), make_tx, module)
+  else:
+    state = create_state(make_tx)
   state = parallel.replicate(state, mesh)
   checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'), cfg.checkpoints_to_keep)
   if checkpoints.latest_step() is not None:
@@ -181,8 +187,10 @@ def fit(name: str, cfg: ml_collections.ConfigDict, config: ml_collections.Config
   pending, last_log_time, last_log_step = [], time.perf_counter(), start_step
   try:
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh),
-                                  steps.step_inputs(learning_rates[step - 1], config.seed))
+      inputs = steps.step_inputs(learning_rates[step - 1], config.seed)
+      if step_configs is not None:
+        inputs['configs'] = step_configs
+      state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh), inputs)
       pending.append(metrics)
       is_last = step == total_steps
       if step % cfg.log_every_steps == 0 or is_last:

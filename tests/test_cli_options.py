@@ -83,7 +83,7 @@ def test_overwrite_replaces_the_outputs_of_another_config(npz_experiment, tmp_pa
   replaced = run(*args, '--overwrite')
   assert '--overwrite: deleting the outputs' in replaced.stderr
   assert 'supernet: 2 steps' in replaced.stderr and 'from step 0' in replaced.stderr
-  assert sorted(os.listdir(workdir)) == ['config.json', 'supernet']
+  assert sorted(os.listdir(workdir)) == ['compilation.json', 'config.json', 'supernet']
   assert json.loads((workdir / 'config.json').read_text())['supernet']['log_every_steps'] == 1
   # The old run's TensorBoard file is gone with it: one event file, logging every step.
   assert len(list((workdir / 'supernet').glob('events*'))) == 1
