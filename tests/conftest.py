@@ -40,8 +40,8 @@ jax.monitoring.register_event_duration_secs_listener(
 # per-file times of a fresh-clone run; the rest follow alphabetically.
 LONGEST_FILES_FIRST = (
     'test_commands.py', 'test_search.py', 'test_accelerator_run.py', 'test_zoo_pipeline.py',
-    'test_quickstart_reports.py', 'test_multihost.py', 'test_cli_options.py',
-    'test_plain_network.py', 'test_bench.py', 'test_supernet_run.py', 'test_train.py',
+    'test_bench.py', 'test_quickstart_reports.py', 'test_multihost.py', 'test_cli_options.py',
+    'test_plain_network.py', 'test_side_by_side.py', 'test_supernet_run.py', 'test_train.py',
     'test_folder_pipeline.py', 'test_plain_pipeline.py')
 
 

@@ -1,6 +1,7 @@
 """The benchmarks run, and their comparison is fair: the PyTorch slicing implementation computes
 the same network as the masked JAX supernet (same weights, same logits at any config)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -55,3 +56,25 @@ def test_benchmark_smoke_runs(script, tmp_path):
   subprocess.run([sys.executable, os.path.join('bench', script)], cwd=REPO,
                  env=_smoke_env(results), check=True, capture_output=True, timeout=600)
   assert results.read_text().count('\n') >= 1
+
+
+def test_pipeline_compiles_a_handful_of_programs_and_a_second_seed_none(tmp_path):
+  """bench/bench_compiles.py at tiny sizes (the shortened quickstart, fresh compilation cache):
+  one train step program for the supernet and one for every retrained net together, one
+  parameter initialisation, one search scorer; seed 1 of the same config, with the same cache,
+  compiles nothing (seed, learning rate and searched widths are inputs of the programs, not
+  constants). Before issue 26 a quickstart compiled five train steps and five initialisations."""
+  results = tmp_path / 'rows.md'
+  subprocess.run([sys.executable, os.path.join('bench', 'bench_compiles.py'), '--second_seed',
+                  f'--keep={tmp_path / "runs"}'], cwd=REPO, env=_smoke_env(results), check=True,
+                 capture_output=True, timeout=600)
+  first, second = (json.loads((tmp_path / 'runs' / seed / 'compilation.json').read_text())
+                   for seed in ('seed_0', 'seed_1'))
+  compiled = first['programs_by_name']
+  assert compiled['jit(per_device)'] <= 2 and compiled['jit(step)'] <= 2, compiled
+  assert compiled['jit(init)'] <= 1 and compiled['jit(score)'] <= 1, compiled
+  assert first['total']['long_programs'] <= 7, first['total']
+  assert second['total']['programs'] == 0, second['programs_by_name']
+  assert second['total']['cache_hits'] >= first['total']['programs']
+  assert [r.split(' | ')[1] for r in results.read_text().splitlines()] == [
+      'pipeline compiles, seed 0', 'pipeline compiles, seed 1, same cache']
