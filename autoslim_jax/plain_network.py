@@ -30,7 +30,6 @@ fails loudly, naming itself, instead of computing something else.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, Mapping, Sequence
 
 import flax
@@ -44,25 +43,22 @@ from flax import traverse_util
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import tracing
+from autoslim_jax import training_mode
 from autoslim_jax.models.base import LayerRecord, Network
 
 Path = tuple[str, ...]
 
 
-def _takes_train(module: nn.Module) -> bool:
-  try:
-    return 'train' in inspect.signature(type(module).__call__).parameters
-  except (TypeError, ValueError):
-    return False
-
-
 def _call(module: nn.Module, variables, x, train: bool, mutable, rngs=None):
-  kwargs = {'train': train} if _takes_train(module) else {}
-  return module.apply(variables, x, mutable=mutable, rngs=rngs, **kwargs)
+  return module.apply(variables, x, mutable=mutable, rngs=rngs,
+                      **training_mode.mode_kwargs(module, train))
 
 
 def _logits(traced: tracing.TracedNetwork, out):
-  return out if traced.logits_index is None else out[traced.logits_index]
+  """The logits in float32 at least, as the zoo's: the loss and the distillation teacher of a
+  bfloat16 network are computed in float32 (a float64 network keeps float64)."""
+  logits = out if traced.logits_index is None else out[traced.logits_index]
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 def _flat(variables) -> dict[Path, Any]:
@@ -155,7 +151,7 @@ class MaskedPlainNetwork:
 
   def init(self, rngs, images, config=None, train: bool = False):
     del config  # the variables are the max network's
-    kwargs = {'train': train} if _takes_train(self.module) else {}
+    kwargs = training_mode.mode_kwargs(self.module, train)
     return self.module.init(rngs, images, **kwargs)
 
   def apply(self, variables, images, config=None, train: bool = False, mutable=False,
@@ -230,7 +226,7 @@ def _trace_program(module, traced, images: jax.ShapeDtypeStruct, train: bool, mu
   """``dtypes``: the dtype of each variable (by path) the program is called with, so that
   variables cast after init (float64 BatchNorm statistics, say) run as the module would run them.
   """
-  kwargs = {'train': train} if _takes_train(module) else {}
+  kwargs = training_mode.mode_kwargs(module, train)
   variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kwargs), images)
   variables = jax.tree_util.tree_map_with_path(
       lambda keypath, leaf: jax.ShapeDtypeStruct(
@@ -384,7 +380,7 @@ class SlimPlainNetwork:
     """Slim variables: the max network's fresh ones, sliced (the plain module can only create
     max-width variables; ``train.fit`` and the latency worker initialise slim networks)."""
     del config  # the widths are this network's
-    kwargs = {'train': train} if _takes_train(self.module) else {}
+    kwargs = training_mode.mode_kwargs(self.module, train)
     return slim_variables(self.traced, self.module.init(rngs, images, **kwargs), self.config)
 
   def batch_statistics(self, variables, images, statistics):
@@ -392,7 +388,7 @@ class SlimPlainNetwork:
     masked network at this config: BatchNorm inputs cannot be intercepted in a re-evaluated
     jaxpr, and the masked network's active channels are the slim network's. The slim variables
     are placed in zero max-width ones (inactive entries do not reach active channels)."""
-    kwargs = {'train': False} if _takes_train(self.module) else {}
+    kwargs = training_mode.mode_kwargs(self.module, False)
     shapes = jax.eval_shape(lambda x: self.module.init(jax.random.key(0), x, **kwargs), images)
     controls = _axis_controls(self.traced)
     widened = {}
@@ -460,6 +456,7 @@ class PlainNetwork(Network):
 
   def __init__(self, name: str, module: nn.Module, input_shape: Sequence[int]):
     traced = tracing.trace_network(module, input_shape)
+    training_mode.check_modes(module, input_shape)
     self.module = module
     self.traced = traced
 

@@ -210,7 +210,7 @@ def train_side_by_side(config: ml_collections.ConfigDict, workdir: str, network:
       {unit: np.asarray([space.validate(c)[unit] for c in channel_sets], np.int32)
        for unit in space.unit_names}, mesh)
   state = train.fit(
-      f'retrain {len(names)} networks side by side', config.retrain, config, workdir, network,
+      f'retrain {len(names)} network{"s" if len(names) > 1 else ""} side by side', config.retrain, config, workdir, network,
       module, lambda: steps.make_side_by_side_step(module, network.num_classes, config.retrain,
                                                    names, mesh),
       source, None, stop_after_step, restore_only,

@@ -117,6 +117,33 @@ def first_under(trajectory: Sequence[Mapping[str, Any]], target: Target) -> int 
   return None
 
 
+def check_targets_reached(trajectory: Sequence[Mapping[str, Any]],
+                          targets: Sequence[Target]) -> None:
+  """Refuses a finished trajectory that never met a target, naming the closest step.
+
+  The range check before the search measures the min config once; a latency target close to
+  that measurement can still be missed, because latency is measured again at every step and
+  varies from one measurement to the next. The trajectory stays saved, so a rerun with a
+  reachable target in a new workdir, or a copy of this one, repeats no scoring work it needs.
+  """
+  for target in targets:
+    if first_under(trajectory, target) is not None:
+      continue
+    measured = [(step[target.metric], step['step']) for step in trajectory
+                if step[target.metric] is not None]
+    if not measured:
+      raise ValueError(f'search target {target.name}: no step of the search measured '
+                       f'{target.metric}')
+    closest, index = min(measured)
+    channels = trajectory[index]['channels']
+    raise ValueError(
+        f'search target {target.name} ({target.metric} <= {target.value:g}) was not reached: the '
+        f'search slimmed down to the min config, and the closest step, {index}, has '
+        f'{target.metric} {closest:g} (channels {dict(channels)}). Measurements vary from run '
+        f'to run; give a value of at least {closest:g} (in a new workdir: the saved search '
+        f'settings name the targets)')
+
+
 def read_trajectory(directory: str) -> list[dict[str, Any]]:
   path = os.path.join(directory, TRAJECTORY_FILE)
   if not files.exists(path):
@@ -327,6 +354,7 @@ def finish_search(workdir: str, network: Network, trajectory: Sequence[Mapping[s
   A latency target's record also gets its uniform baseline (``uniform_baseline``), measured
   here once: retraining and the report read it rather than measure again.
   """
+  check_targets_reached(trajectory, targets)
   records = []
   for target in targets:
     index = first_under(trajectory, target)

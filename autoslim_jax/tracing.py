@@ -35,7 +35,6 @@ image) is a plain conv, never mistaken for a depthwise one: depthwise is read fr
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 from typing import Any, Mapping, Sequence
 
@@ -45,6 +44,7 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 
+from autoslim_jax import training_mode
 from autoslim_jax.models.base import LayerRecord, Network
 
 TRACE_BATCH = 2  # > 1, so that the batch axis has a label of its own
@@ -663,13 +663,9 @@ def _resolve(tracer: _Tracer, var_labels, output_labels):
 
 
 def _call_kwargs(module: nn.Module) -> dict:
-  """``train=False`` if the module's ``__call__`` takes ``train``: the inference graph, whose
-  channel structure is the training graph's (BatchNorm reads its running statistics)."""
-  try:
-    parameters = inspect.signature(type(module).__call__).parameters
-  except (TypeError, ValueError):
-    return {}
-  return {'train': False} if 'train' in parameters else {}
+  """The inference mode's arguments (``training_mode``): the inference graph, whose channel
+  structure is the training graph's (BatchNorm reads its running statistics)."""
+  return training_mode.mode_kwargs(module, False)
 
 
 def _key_name(key) -> str:
@@ -686,8 +682,8 @@ def trace_network(module: nn.Module, input_shape: Sequence[int],
   Args:
     module: a ``flax.linen`` module at its max widths, called as ``module(x, **call_kwargs)``.
     input_shape: one image's shape, channels last, e.g. (32, 32, 3).
-    call_kwargs: keyword arguments of the call; default ``train=False`` where ``__call__``
-      takes ``train``, else none.
+    call_kwargs: keyword arguments of the call; default: inference mode
+      (``training_mode.mode_kwargs``: ``train=False``, ``deterministic=True``, ...).
 
   The module returns the logits, or a tuple / list whose first element is the logits (other
   elements' axes are fixed as well: callers may read them at every config).

@@ -29,11 +29,13 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from autoslim_jax import evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import export  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from autoslim_jax import retrain  # pylint: disable=g-import-not-at-top,wrong-import-position
+from autoslim_jax import search  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -101,16 +103,18 @@ def main():
   batches = list(input_pipeline.calibration_batches(source, args.images, args.batch_size))
 
   results = files.read_json(os.path.join(args.workdir, 'results.json'))
-  print(f'| network | variant | mean: median relative distance | var: median relative distance '
-        f'| test accuracy (%) |\n|---|---|---:|---:|---:|')
+  print('| network | variant | mean: median relative distance | var: median relative distance '
+        '| test accuracy (%) |\n|---|---|---:|---:|---:|')
+  searched = search.read_summary(os.path.join(args.workdir, 'search'))['targets']
+  retrained = retrain.run_retrain(config, os.path.join(args.workdir, 'retrain'), network,
+                                  searched, source, restore_only=True)
   for target in results['targets']:
     for family in ('autoslim', 'uniform'):
       channels = target[family]['channels']
       module = network.slim_module(channels)
-      state = retrain.train_slim(config, os.path.join(args.workdir, 'retrain', target['name'],
-                                                      family), network, channels, source,
-                                 f'{target["name"]} {family}', restore_only=True)
-      trained = retrain.trained_variables(state)
+      trained = retrained[family][target['name']]
+      trained = (export.slim_variables(network, trained.variables, channels) if trained.masked
+                 else trained.variables)
       variants = {
           'batch': evaluate.calibrate_batch_stats(evaluate.make_calibration_step(module, mesh),
                                                   parallel.replicate(trained, mesh), batches,

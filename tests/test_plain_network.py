@@ -17,6 +17,7 @@ from flax import traverse_util
 from autoslim_jax import models
 from autoslim_jax import plain_network
 from autoslim_jax import tracing
+from autoslim_jax import training_mode
 from conftest import TINY_ZOO, backend_compiles
 from test_tracing import (ConcatSources, ConcatTwice, ConvBN, PlainMobileNetV1,
                           PlainMobileNetV2, PlainResNet50, SqueezeExcite, TupleOutput,
@@ -221,7 +222,7 @@ def test_small_networks_masked_equals_slim(name):
   # Kernels scaled up: a tiny network's logits are otherwise too small to compare.
   variables = jax.tree_util.tree_map_with_path(
       lambda p, v: v * 3.0 if p[-1].key == 'kernel' else v, variables)
-  modes = (False, True) if plain_network._takes_train(plain) else (False,)
+  modes = (False, True) if training_mode.mode_arguments(plain) else (False,)
   assert_masked_equals_slim(plain, traced, variables, random_configs(traced, 5, seed=3), x,
                             modes)
 

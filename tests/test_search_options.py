@@ -190,3 +190,45 @@ def test_num_images_scores_exactly_that_many_heldout_images(options_run):
   for configs, scores, num_batches in run['scored']:
     assert num_batches == 2
     assert [s['count'] for s in scores] == [NUM_IMAGES] * len(configs)
+
+
+def test_a_latency_target_missed_by_noise_ends_with_the_closest_config(
+    options_run, tiny_variables, tmp_path):
+  """A latency target just above the min config's first measurement passes the range check;
+  when the measurements of the greedy steps come out higher (as a clock's can), the search slims
+  to the min config without meeting it. It ends with a message naming the closest step and the
+  value to give, and a rerun on the same workdir ends with the same message (before: TypeError
+  at the end of the search and of every resume). Two channel choices a unit: a short search."""
+  network, model = options_run['network'], options_run['model']
+  space = network.channel_space(groups=2, min_ratio=0.5)
+  calls = []
+
+  def drifting_latency_ms(channels):  # the range check's two calls, then 1 ms slower
+    calls.append(channels)
+    return fake_latency_ms(model, channels) + (1.0 if len(calls) > 2 else 0.0)
+
+  config = defaults.get_default_config()
+  config.model_kwargs.update(dict(layout='cifar', width_mult=0.5, image_size=8))
+  config.search.targets.latency_ms = (fake_latency_ms(model, space.min_config()) + 0.5,)
+  config.search.num_images = NUM_IMAGES
+  config.search.batch_size = BATCH
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (HELDOUT + 64, 8, 8, 3)).astype(np.uint8)
+  arrays = {'x_train': images, 'y_train': rng.integers(0, 10, len(images)),
+            'x_test': images[:8], 'y_test': np.zeros(8, np.int64)}
+  data_config = defaults.get_default_config().dataset
+  data_config.heldout_size = HELDOUT
+  source = input_pipeline.array_source('random', arrays, data_config)
+  variables = jax.device_get(tiny_variables)
+  for attempt in ('first', 'resumed'):
+    calls.clear()
+    with pytest.raises(ValueError, match=r'latency_ms_.* was not reached: .* the closest step, '
+                       r'\d+, has latency_ms [\d.]+ .*give a value of at least') as error:
+      search.run_search(config, str(tmp_path), network, space, variables, source,
+                        latency_fn=drifting_latency_ms)
+    trajectory = search.read_trajectory(str(tmp_path))
+    assert trajectory[-1]['channels'] == space.min_config(), attempt
+    closest = min(range(len(trajectory)), key=lambda i: trajectory[i]['latency_ms'])
+    assert f'the closest step, {closest}, has latency_ms {trajectory[closest]["latency_ms"]:g}' \
+        in str(error.value), attempt
+  assert search.read_summary(str(tmp_path)) is None

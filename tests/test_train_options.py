@@ -183,7 +183,9 @@ def test_retraining_computes_in_its_compute_dtype(tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'fit', recording_fit)
   pipeline.run(config, str(tmp_path))
   (name, network, module, state), = fits
-  assert name == 'retrain published_150M autoslim' and int(state.step) == 1
-  dtypes = _layer_output_dtypes(module, jax.device_get(
-      {'params': state.params, 'batch_stats': state.batch_stats}), network.input_shape)
+  # Side by side (the default): the masked module, one network on the leading axis.
+  assert name == 'retrain 1 network side by side' and int(state.step) == 1
+  one_network = jax.tree_util.tree_map(lambda leaf: leaf[0], jax.device_get(
+      {'params': state.params, 'batch_stats': state.batch_stats}))
+  dtypes = _layer_output_dtypes(module, one_network, network.input_shape)
   assert len(dtypes) >= 28 and set(dtypes.values()) == {jnp.dtype(jnp.bfloat16)}, dtypes

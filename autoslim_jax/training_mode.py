@@ -1,0 +1,138 @@
+"""How a plain Flax module is switched between training and inference, and the check that it is.
+
+Why: the package trains the supernet with BatchNorm on batch statistics and evaluates, calibrates
+and exports with running statistics, so it must pass a plain module its mode. People name that
+argument ``train``, ``training``, ``is_training`` or ``deterministic`` (True in inference); a
+module called without it keeps whatever its BatchNorms were built with, and with the usual
+``use_running_average=True`` the supernet would train on its initial running averages and never
+update them, silently. ``check_modes`` runs the module once per mode (shapes only, nothing
+computed) and refuses, before anything trains, each layer that would not follow the mode or
+that the training steps cannot run, naming it and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ModeArgument:
+  """A keyword argument of ``__call__`` that sets the mode; ``inverted``: True in inference."""
+  name: str
+  inverted: bool
+
+  def value(self, train: bool) -> bool:
+    return not train if self.inverted else train
+
+
+# The names the mode argument goes by in Flax code, and whether True means inference.
+MODE_ARGUMENTS = (ModeArgument('train', False), ModeArgument('training', False),
+                  ModeArgument('is_training', False), ModeArgument('deterministic', True),
+                  ModeArgument('use_running_average', True))
+MODE_NAMES = ', '.join(m.name for m in MODE_ARGUMENTS)
+
+
+def mode_arguments(module: nn.Module) -> tuple[ModeArgument, ...]:
+  """The mode arguments the module's ``__call__`` takes (usually one, or none)."""
+  try:
+    parameters = inspect.signature(type(module).__call__).parameters
+  except (TypeError, ValueError):
+    return ()
+  return tuple(m for m in MODE_ARGUMENTS if m.name in parameters)
+
+
+def mode_kwargs(module: nn.Module, train: bool) -> dict[str, bool]:
+  """The keyword arguments that put ``module`` in training (``train``) or inference mode."""
+  return {m.name: m.value(train) for m in mode_arguments(module)}
+
+
+def _argument(args: Sequence[Any], kwargs: dict, position: int, name: str):
+  """A call argument by keyword or position (after ``self``'s input), or None."""
+  if name in kwargs:
+    return kwargs[name]
+  return args[position] if len(args) > position else None
+
+
+def _layer(module: nn.Module) -> str:
+  return '/'.join(str(p) for p in module.path) or type(module).__name__
+
+
+def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -> None:
+  """Refuses a module that the package cannot switch between training and inference mode, or
+  whose training graph its steps cannot run (before anything is compiled or trained).
+
+  Raises ``tracing.TracingError`` naming the layer and the fix for: a BatchNorm that does not
+  normalise with batch statistics in training mode or with its running averages in inference
+  mode; a BatchNorm with an ``axis_name`` (written for ``pmap``); active dropout; a module
+  without BatchNorm; and any other error of the module in training mode.
+  """
+  from autoslim_jax import tracing  # pylint: disable=g-import-not-at-top  # tracing imports this
+  name = type(module).__name__
+  arguments = mode_arguments(module)
+
+  def how(train: bool) -> str:
+    if not arguments:
+      return (f'{name}.__call__ takes no mode argument (one of {MODE_NAMES}), so the package '
+              'cannot switch it')
+    return f'{name} called with ' + ', '.join(f'{m.name}={m.value(train)}' for m in arguments)
+
+  images = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: module.init(jax.random.key(0), x, **mode_kwargs(module, False)), images)
+  for train in (True, False):
+    norms = []
+
+    def interceptor(next_fun, args, kwargs, context, train=train, norms=norms):
+      layer = context.module
+      if context.method_name != '__call__':
+        return next_fun(*args, **kwargs)
+      if isinstance(layer, nn.BatchNorm):
+        if layer.axis_name is not None and train:
+          raise tracing.TracingError(
+              f'{_layer(layer)}: nn.BatchNorm(axis_name={layer.axis_name!r}) reduces over a '
+              f'pmap axis that the package does not bind; remove axis_name: the package '
+              f'already normalises over the global batch of every device')
+        call = _argument(args, kwargs, 1, 'use_running_average')
+        running = layer.use_running_average if call is None else call
+        norms.append(_layer(layer))
+        if bool(running) == train:
+          mode = 'training' if train else 'inference'
+          uses = 'its running averages' if train else 'batch statistics'
+          raise tracing.TracingError(
+              f'{_layer(layer)}: this BatchNorm normalises with {uses} in {mode} mode '
+              f'({how(train)}); its use_running_average '
+              f'must follow the mode, e.g. nn.BatchNorm(use_running_average=not train)')
+      if isinstance(layer, nn.Dropout) and train and layer.rate > 0:
+        call = _argument(args, kwargs, 1, 'deterministic')
+        if not (layer.deterministic if call is None else call):
+          raise tracing.TracingError(
+              f'{_layer(layer)}: dropout (rate {layer.rate}) in training mode: random layers '
+              f'are not supported yet (the training steps pass no random keys); remove it, or '
+              f'make it deterministic')
+      return next_fun(*args, **kwargs)
+
+    try:
+      with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda v, x, train=train: module.apply(
+            v, x, mutable=True, **mode_kwargs(module, train)), variables, images)
+    except tracing.TracingError:
+      raise
+    except flax.errors.InvalidRngError as e:
+      raise tracing.TracingError(
+          f'{name} asks for a random key in training mode (dropout, stochastic depth: '
+          f'{str(e).splitlines()[0]}); random layers are not supported yet: remove them') from None
+    except Exception as e:  # pylint: disable=broad-except  # any failure, said before training
+      raise tracing.TracingError(
+          f'{name} fails in training mode ({how(True)}): '
+          f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
+    if not norms:
+      raise tracing.TracingError(
+          f'{name} has no BatchNorm: the package trains, searches and calibrates through '
+          f'BatchNorm statistics (a network without them is not supported yet)')
