@@ -143,6 +143,7 @@ def test_side_by_side_retraining_resumes_as_if_never_stopped(tmp_path):
   """Stopped after step 2 of 4 (as a preemption would) and run again: the same weights as one
   uninterrupted run, bit for bit, and a finished run is only restored."""
   config = defaults.get_default_config()
+  config.model = 'mobilenet_v1'  # compiles about 3x faster than MobileNet v2
   config.model_kwargs.update(dict(layout='cifar', width_mult=0.35, image_size=8, in_channels=1,
                                   num_classes=10))
   config.min_width = 0.175
