@@ -2,7 +2,9 @@ r"""Quickstart: the whole AutoSlim pipeline on the embedded digits data set, in 
 
 Command:  python -m autoslim_jax.main --config=configs/quickstart.py --workdir=/tmp/autoslim_quick
 Hardware: any CPU; no accelerator and no download (the 1,797 8x8 digits ship in scikit-learn).
-Run time: 4 to 6 minutes on a 2-core machine (3 min 59 s measured on 2026-11-29).
+Run time: 4 to 6 minutes on a 2-core machine from an empty compilation cache (4 min 43 s on
+  2026-12-06: 87 programs compiled in 64 s); a rerun with another seed compiles nothing
+  (bench/bench_compiles.py).
 Expected: a MobileNet v2 supernet (CIFAR layout, 0.5x max) trained 300 steps with the sandwich
   rule (held-out accuracy about 87-91% max / 68-75% min), a greedy search of about 50 steps to the MACs
   of the uniform 0.4x and 0.3x networks, the two searched nets and their two uniform baselines
