@@ -7,7 +7,6 @@ import os
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 
 def _head(x, num_classes):
@@ -99,13 +98,12 @@ no_batchnorm = _factory(NoBatchNorm)
 
 
 def get_config():
-  """The quickstart's recipe on ``pmap_batchnorm`` (``--config.model=...:NAME`` for another)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'quickstart.py')
-  spec = importlib.util.spec_from_file_location('_quickstart_config', path)
-  quickstart = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(quickstart)
-  config = quickstart.get_config()
+  """tests/plain_cnn.py's config (the quickstart's recipe) on ``pmap_batchnorm``
+  (``--config.model=...:NAME`` for another)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plain_cnn.py')
+  spec = importlib.util.spec_from_file_location('_plain_cnn_config', path)
+  plain_cnn = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plain_cnn)
+  config = plain_cnn.get_config()
   config.model = f'{os.path.abspath(__file__)}:pmap_batchnorm'
-  config.model_kwargs = ml_collections.ConfigDict(
-      {'image_size': 8, 'in_channels': 1, 'num_classes': 10})
   return config
