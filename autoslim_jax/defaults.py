@@ -96,6 +96,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.search.measure_latency = False  # also without latency targets (always with them)
   config.search.latency_warmup = 5
   config.search.latency_repeats = 20
+  # Where latency is measured: 'jax' (XLA:CPU, one thread) or 'onnxruntime' (the exported ONNX
+  # model on the CPU, the runtime slim nets are deployed with; pip install -e '.[onnx]').
+  config.search.latency_backend = 'jax'
+  config.search.latency_threads = 1  # onnxruntime's intra-op threads (jax: always 1)
 
   # BatchNorm calibration before any test accuracy and export: exact averages over N images.
   config.calibration = ml_collections.ConfigDict()
@@ -131,6 +135,16 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.retrain.checkpoints_to_keep = 2
   config.retrain.eval_batch_size = 1024  # test-set batches
 
+  # Slim exports (WORKDIR/export/TARGET/FAMILY): Flax variables and model.json always, and the
+  # portable artifacts (autoslim_jax/deploy.py), checked on the first test images.
+  config.export = ml_collections.ConfigDict()
+  config.export.jax_program = True  # model.jax_exported: jax.export, runs without this package
+  config.export.platforms = ('cpu', 'cuda', 'tpu')  # what the JAX program is lowered for
+  # model.onnx, checked in onnxruntime: auto = when onnx and onnxruntime are installed, always
+  # (an error when they are not), never.
+  config.export.onnx = 'auto'
+  config.export.check_images = 64  # test images both artifacts are checked on
+
   # Compiling: JAX's persistent compilation cache keeps every compiled program on disk, so a
   # rerun, a resumed run or another seed loads what it compiled before instead of compiling it.
   config.compilation = ml_collections.ConfigDict()
@@ -149,6 +163,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
 
 STAGES = ('supernet', 'search', 'retrain', 'export')
+LATENCY_BACKENDS = ('jax', 'onnxruntime')
 
 # Numeric fields with a lower bound: key -> (bound, bound allowed).
 POSITIVE = {
@@ -157,6 +172,7 @@ POSITIVE = {
     'search.batch_size': (1, True), 'compilation.min_compile_seconds': (0, True),
     'compilation.gpu_autotune_level': (-1, True), 'search.num_images': (0, True), 'search.chunk_size': (0, True),
     'calibration.num_images': (1, True), 'calibration.batch_size': (1, True),
+    'search.latency_threads': (1, True), 'export.check_images': (1, True),
     **{f'{stage}.{key}': bound for stage in ('supernet', 'retrain') for key, bound in (
         ('batch_size', (1, True)), ('num_epochs', (0, False)), ('base_learning_rate', (0, False)),
         ('base_batch_size', (1, True)), ('warmup_epochs', (0, True)), ('weight_decay', (0, True)),
@@ -209,6 +225,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'retrain.mode must be individual or joint, got {config.retrain.mode!r}')
   if config.search.score not in ('accuracy', 'loss'):
     raise ValueError(f'search.score must be accuracy or loss, got {config.search.score!r}')
+  if config.search.latency_backend not in LATENCY_BACKENDS:
+    raise ValueError(f'config.search.latency_backend must be one of {LATENCY_BACKENDS}, got '
+                     f'{config.search.latency_backend!r}')
+  if config.search.latency_backend == 'jax' and config.search.latency_threads != 1:
+    raise ValueError(f'config.search.latency_threads={config.search.latency_threads}: the jax '
+                     "latency backend measures one thread; threads are onnxruntime's")
+  if config.export.onnx not in ('auto', 'always', 'never'):
+    raise ValueError(f"config.export.onnx must be 'auto', 'always' or 'never', got "
+                     f'{config.export.onnx!r}')
   if config.supernet.num_sandwich < 2:
     raise ValueError(f'supernet.num_sandwich must be >= 2 (max and min), got '
                      f'{config.supernet.num_sandwich}')

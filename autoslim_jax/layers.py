@@ -15,6 +15,7 @@ Called with ``config=None`` a layer is a plain layer: that is how exported slim 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Mapping
 
 import flax.linen as nn
@@ -38,11 +39,26 @@ def mask_channels(x: jax.Array, unit: str | None, config: Config) -> jax.Array:
   return x * active.astype(x.dtype)
 
 
+_native_conv_forms = False  # set by native_conv_forms()
+
+
 def use_cpu_conv_forms() -> bool:
   """On XLA:CPU, depthwise convs as shifted multiply-adds (the grouped conv is ~10x slower) and
   1x1 convs as matrix products (the conv is 2-6x slower): bench/bench_conv_forms.py.
-  Accelerators keep the native convs."""
-  return jax.default_backend() == 'cpu'
+  Accelerators keep the native convs, and so do programs traced under ``native_conv_forms``."""
+  return jax.default_backend() == 'cpu' and not _native_conv_forms
+
+
+@contextlib.contextmanager
+def native_conv_forms():
+  """Traces every conv as a convolution on any backend: deployed programs (ONNX, jax.export)
+  run where XLA:CPU's forms mean nothing, and a runtime's own conv kernels are the fast ones."""
+  global _native_conv_forms
+  previous, _native_conv_forms = _native_conv_forms, True
+  try:
+    yield
+  finally:
+    _native_conv_forms = previous
 
 
 class ShiftedDepthwiseConv(nn.Module):

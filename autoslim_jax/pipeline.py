@@ -18,11 +18,13 @@ from typing import Any, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import traverse_util
 
 from autoslim_jax import compilation
 from autoslim_jax import defaults
+from autoslim_jax import deploy
 from autoslim_jax import evaluate
 from autoslim_jax import export
 from autoslim_jax import files
@@ -190,6 +192,11 @@ def check_before_compiling(config, network, space, source) -> None:
   against the network, and targets against the range of MACs, params and memory (latency
   targets need measurements: the search checks them before its first step)."""
   check_data_fits(network, source)
+  if config.export.onnx == 'always' and 'export' in defaults.parse_stages(config.stages):
+    deploy.require_onnxruntime("config.export.onnx='always'")
+  if config.search.latency_backend == 'onnxruntime' and (
+      config.search.targets.latency_ms or config.search.measure_latency):
+    deploy.require_onnxruntime("config.search.latency_backend='onnxruntime'")
   for key in ('supernet.batch_size', 'supernet.eval_batch_size', 'search.batch_size',
               'calibration.batch_size', 'retrain.batch_size', 'retrain.eval_batch_size'):
     section, field = key.split('.')
@@ -320,9 +327,16 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
   def describe(channels):
     return {'channels': dict(channels), **resource_model(channels)}
 
+  check_images = deploy_check_images(source, config.export.check_images)
+  input_description = deploy.input_description(network.input_shape, source.mean, source.std)
+
   def save(name, family, channels, variables):
     directory = os.path.join(export_dir, name, family)
-    export.save_slim(directory, network, model_kwargs, channels, variables)
+    artifacts = deploy.write_artifacts(directory, network.slim_module(channels), variables,
+                                       network.input_shape, check_images, config.export.onnx,
+                                       config.export.platforms)
+    export.save_slim(directory, network, model_kwargs, channels, variables,
+                     {'input': input_description, **artifacts})
     return directory
 
   rows = []
@@ -400,6 +414,15 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
   # Written last: its presence marks the export stage complete.
   files.write_atomic(os.path.join(workdir, RESULTS_FILE), json.dumps(results, indent=1).encode())
   return results
+
+
+def deploy_check_images(source, num_images: int) -> np.ndarray:
+  """The first ``num_images`` test images (fewer if the split is smaller), normalised: what the
+  exported artifacts are checked on."""
+  transform = input_pipeline.EvalTransform(source.image_shape, source.mean, source.std,
+                                           source.resize)
+  test = source.splits['test']
+  return np.stack([transform(test[i])['image'] for i in range(min(num_images, len(test)))])
 
 
 def _format_accuracy(value):

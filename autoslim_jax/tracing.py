@@ -131,7 +131,7 @@ class _Labels:
     self.classes: dict[int, _Class] = {}
 
   def new(self, size: int, nonchannel: str | None = None) -> int | None:
-    if size <= 1:
+    if isinstance(size, (int, np.integer)) and size <= 1:  # symbolic (an exported batch): an axis
       return None
     label = len(self.parent)
     self.parent.append(label)
