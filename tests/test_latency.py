@@ -47,7 +47,7 @@ def test_one_worker_measures_configs_and_reports_bad_ones(network):
     pid = meter.pid
     # the worker sees one CPU device (not the 8 fake ones of this process) and one CPU
     assert meter.worker_info['pid'] == pid and meter.worker_info['devices'] == 1
-    assert os.sched_getaffinity(pid) == {meter.worker_info['cpu']}
+    assert os.sched_getaffinity(pid) == set(meter.worker_info['cpus'])
     last = network.unit_names[-1]
     with pytest.raises(ValueError, match=f"unit '{last}': channel count 100000 is out of range"):
       meter.measure(dict(space.max_config(), **{last: 100000}))

@@ -216,16 +216,19 @@ def test_chunks_are_balanced_over_the_calls_of_a_step(tiny_network, setting, str
 
 def test_latency_is_measured_once_per_step_on_the_slim_network(tiny_network, setting,
                                                                 tmp_path):
+  """In onnxruntime (the jax backend: tests/test_latency.py)."""
   variables, source = setting
   config = _config(_kwargs(tiny_network))
   config.search.measure_latency = True
-  with latency.LatencyMeter('mobilenet_v2', _kwargs(tiny_network), warmup=1,
-                            repeats=3) as meter:
+  config.search.latency_backend = 'onnxruntime'
+  with latency.LatencyMeter('mobilenet_v2', _kwargs(tiny_network), warmup=1, repeats=3,
+                            backend=config.search.latency_backend) as meter:
     search.run_search(config, str(tmp_path), tiny_network, tiny_network.channel_space(),
                       variables, source, latency_fn=meter.measure, stop_after_step=2)
   trajectory = search.read_trajectory(str(tmp_path))
   assert len(trajectory) == 3
   assert all(step['latency_ms'] > 0 for step in trajectory)
+  assert meter.worker_info['backend'] == 'onnxruntime'
 
 
 def test_unreachable_targets_are_refused_before_searching(tiny_network, setting, tmp_path):
