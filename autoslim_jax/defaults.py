@@ -138,7 +138,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Slim exports (WORKDIR/export/TARGET/FAMILY): Flax variables and model.json always, and the
   # portable artifacts (autoslim_jax/deploy.py), checked on the first test images.
   config.export = ml_collections.ConfigDict()
-  config.export.jax_program = True  # model.jax_exported: jax.export, runs without this package
+  # model.jax_exported (always written): a jax.export program that runs without this package.
   config.export.platforms = ('cpu', 'cuda', 'tpu')  # what the JAX program is lowered for
   # model.onnx, checked in onnxruntime: auto = when onnx and onnxruntime are installed, always
   # (an error when they are not), never.

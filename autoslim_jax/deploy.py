@@ -16,7 +16,6 @@ kernels, not XLA:CPU's workarounds.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import Any, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from autoslim_jax import files
 from autoslim_jax import layers
@@ -71,6 +71,17 @@ def export_jax_program(forward, input_shape: Sequence[int],
 def onnx_model(forward, input_shape: Sequence[int], name: str = 'slim_network'):
   with layers.native_conv_forms():
     return onnx_graph.to_onnx(forward, input_shape, name)
+
+
+def check_translatable(network) -> None:
+  """Raises ``onnx_graph.ConversionError`` now, before anything trains, when the network's
+  ONNX model could not be built (``config.export.onnx='always'``): its max config is translated
+  with zero weights (the translation does not depend on their values)."""
+  module = network.slim_module(network.channel_space().max_config())
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0),
+                                              jnp.zeros((1,) + network.input_shape), train=False))
+  zeros = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+  onnx_model(inference_function(module, zeros), network.input_shape)
 
 
 def onnxruntime_session(model_bytes: bytes, threads: int = 1):
@@ -124,7 +135,14 @@ def write_artifacts(directory: str, module, variables, input_shape: Sequence[int
         'config.export.onnx=never' if onnx == 'never' else f'not installed: {_INSTALL_HINT}')}
     return description
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
-  model = onnx_model(forward, input_shape).SerializeToString()
+  try:
+    model = onnx_model(forward, input_shape).SerializeToString()
+  except onnx_graph.ConversionError as e:
+    if onnx == 'always':
+      raise
+    logging.warning('%s: no ONNX model: %s', directory, e)
+    description['onnx'] = {'file': None, 'why': f'not translatable: {e}'}
+    return description
   got = onnxruntime_session(model).run(None, {onnx_graph.INPUT_NAME: images})[0]
   check = compare_logits(reference, got)
   if not check['agree']:
@@ -138,18 +156,13 @@ def write_artifacts(directory: str, module, variables, input_shape: Sequence[int
   return description
 
 
-@functools.lru_cache(maxsize=None)
-def _deserialized(path: str):
-  return jax.export.deserialize(bytearray(files.read_bytes(path)))
-
-
 def load_jax_program(directory: str):
   """The ``jax.export.Exported`` of an export directory (``.call(images)`` gives logits)."""
   path = os.path.join(directory, JAX_PROGRAM_FILE)
   if not files.exists(path):
     raise FileNotFoundError(f'no JAX program in {directory!r}: {JAX_PROGRAM_FILE} is missing '
-                            '(exported before 2026-12-06, or config.export.jax_program=False)')
-  return _deserialized(path)
+                            '(exported before 2026-12-06: rerun the export stage)')
+  return jax.export.deserialize(bytearray(files.read_bytes(path)))
 
 
 def input_description(input_shape: Sequence[int], mean: Sequence[float],
@@ -158,7 +171,3 @@ def input_description(input_shape: Sequence[int], mean: Sequence[float],
   return {'shape': ['batch'] + [int(d) for d in input_shape], 'dtype': 'float32',
           'layout': 'NHWC', 'normalization': '(pixel / 255 - mean) / std',
           'mean': [float(m) for m in mean], 'std': [float(s) for s in std]}
-
-
-def check_images(images: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
-  return np.asarray(images['image'] if isinstance(images, Mapping) else images, np.float32)

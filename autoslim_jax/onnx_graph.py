@@ -87,13 +87,17 @@ def _is_static(shape) -> bool:
 # Equations computed here when all operands are known, with numpy (binding jax primitives one by
 # one would compile a program for each).
 _NUMPY_BINARY = {'add': np.add, 'sub': np.subtract, 'mul': np.multiply, 'div': np.divide,
-                 'max': np.maximum, 'min': np.minimum, 'pow': np.power}
+                 'max': np.maximum, 'min': np.minimum, 'pow': np.power, 'eq': np.equal,
+                 'ne': np.not_equal, 'lt': np.less, 'gt': np.greater, 'le': np.less_equal,
+                 'ge': np.greater_equal, 'and': np.logical_and, 'or': np.logical_or}
 _NUMPY_UNARY = {'neg': np.negative, 'exp': np.exp, 'log': np.log, 'tanh': np.tanh,
                 'sqrt': np.sqrt, 'rsqrt': lambda x: 1 / np.sqrt(x), 'abs': np.abs,
                 'logistic': lambda x: 1 / (1 + np.exp(-x)), 'sign': np.sign,
-                'floor': np.floor, 'ceil': np.ceil}
+                'floor': np.floor, 'ceil': np.ceil, 'log1p': np.log1p, 'expm1': np.expm1}
 _ONNX_BINARY = {'add': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': 'Max',
-                'min': 'Min', 'pow': 'Pow'}
+                'min': 'Min', 'pow': 'Pow', 'eq': 'Equal', 'ne': 'Equal', 'lt': 'Less',
+                'gt': 'Greater', 'le': 'LessOrEqual', 'ge': 'GreaterOrEqual', 'and': 'And',
+                'or': 'Or'}
 _ONNX_UNARY = {'neg': 'Neg', 'exp': 'Exp', 'log': 'Log', 'tanh': 'Tanh', 'sqrt': 'Sqrt',
                'abs': 'Abs', 'logistic': 'Sigmoid', 'sign': 'Sign', 'floor': 'Floor',
                'ceil': 'Ceil', 'erf': 'Erf'}
@@ -283,7 +287,25 @@ class _Converter:
       return _Value(ndim, self.node('Relu', [self.tensor(a, nchw)]), nchw=nchw,
                     partial=a.partial)
     out = self.node(_ONNX_BINARY[name], [self.tensor(a, nchw), self.tensor(b, nchw)])
+    if name == 'ne':
+      out = self.node('Not', [out])
     return _Value(ndim, out, nchw=nchw, partial=a.partial and b.partial)
+
+  def _select_n(self, eqn, which, *cases):
+    """``cases[which]`` elementwise, for a boolean ``which`` (two cases)."""
+    if len(cases) != 2 or np.dtype(eqn.invars[0].aval.dtype) != np.bool_:
+      raise ConversionError('select_n with more than two cases or an integer selector')
+    ndim = eqn.outvars[0].aval.ndim
+    values = (which,) + cases
+    nchw = ndim == 4 and any(v.nchw for v in values if v.const is None)
+    out = self.node('Where', [self.tensor(which, nchw), self.tensor(cases[1], nchw),
+                              self.tensor(cases[0], nchw)])
+    return _Value(ndim, out, nchw=nchw, partial=all(v.partial for v in values))
+
+  def _not(self, eqn, x):
+    del eqn
+    return _Value(x.ndim, self.node('Not', [self.tensor(x, x.nchw)]), nchw=x.nchw,
+                  partial=x.partial)
 
   def fold_affine(self, name: str, layer: _Value, other: _Value, single_use: bool,
                   first: bool) -> _Value | None:
@@ -326,6 +348,18 @@ class _Converter:
     del eqn
     root = self.unary('Sqrt', x)
     return self.unary('Reciprocal', root)
+
+  def _log1p(self, eqn, x):
+    del eqn
+    t = self.tensor(x, x.nchw)
+    out = self.node('Log', [self.node('Add', [t, self.constant(np.float32(1))])])
+    return _Value(x.ndim, out, nchw=x.nchw, partial=x.partial)
+
+  def _expm1(self, eqn, x):
+    del eqn
+    t = self.tensor(x, x.nchw)
+    out = self.node('Sub', [self.node('Exp', [t]), self.constant(np.float32(1))])
+    return _Value(x.ndim, out, nchw=x.nchw, partial=x.partial)
 
   def _power(self, x: _Value, y) -> _Value:
     t = self.tensor(x, x.nchw)
@@ -539,7 +573,7 @@ class _Converter:
 
 
 _HANDLED = frozenset(
-    'rsqrt integer_pow square clamp convert_element_type conv_general_dilated dot_general '
+    'select_n not log1p expm1 rsqrt integer_pow square clamp convert_element_type conv_general_dilated dot_general '
     'reduce_sum reduce_max reduce_min squeeze reshape broadcast_in_dim transpose concatenate '
     'slice pad reduce_window_max reduce_window_sum'.split())
 

@@ -194,6 +194,7 @@ def check_before_compiling(config, network, space, source) -> None:
   check_data_fits(network, source)
   if config.export.onnx == 'always' and 'export' in defaults.parse_stages(config.stages):
     deploy.require_onnxruntime("config.export.onnx='always'")
+    deploy.check_translatable(network)
   if config.search.latency_backend == 'onnxruntime' and (
       config.search.targets.latency_ms or config.search.measure_latency):
     deploy.require_onnxruntime("config.search.latency_backend='onnxruntime'")

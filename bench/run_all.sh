@@ -15,4 +15,5 @@ python bench/bench_supernet_step.py
 python bench/bench_checkpoint.py
 python bench/bench_resources.py
 python bench/bench_input.py
+python bench/bench_latency_backends.py
 python bench/bench_compiles.py --second_seed

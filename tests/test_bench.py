@@ -47,7 +47,7 @@ def _smoke_env(results):
 
 
 @pytest.mark.parametrize('script', ['bench_conv_forms.py', 'bench_resources.py',
-                                    'bench_checkpoint.py'])
+                                    'bench_checkpoint.py', 'bench_latency_backends.py'])
 def test_benchmark_smoke_runs(script, tmp_path):
   """Every benchmark script runs (AUTOSLIM_BENCH_SMOKE: tiny sizes) and records its rows; the
   supernet-step and search benchmarks run in the accelerator command's smoke test
