@@ -234,6 +234,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.export.onnx not in ('auto', 'always', 'never'):
     raise ValueError(f"config.export.onnx must be 'auto', 'always' or 'never', got "
                      f'{config.export.onnx!r}')
+  platforms = tuple(config.export.platforms)
+  if 'cpu' not in platforms or not set(platforms) <= {'cpu', 'cuda', 'rocm', 'tpu'}:
+    raise ValueError(f'config.export.platforms={platforms}: give some of cpu, cuda, rocm, tpu, '
+                     'cpu included (the export checks the program on the CPU)')
   if config.supernet.num_sandwich < 2:
     raise ValueError(f'supernet.num_sandwich must be >= 2 (max and min), got '
                      f'{config.supernet.num_sandwich}')

@@ -238,6 +238,11 @@ def test_bad_export_and_latency_settings_are_refused():
   config.search.latency_backend = 'onnx'
   with pytest.raises(ValueError, match="latency_backend must be one of .*got 'onnx'"):
     defaults.check_config(config)
+  config = defaults.get_default_config()
+  config.export.platforms = ('cuda',)
+  with pytest.raises(ValueError, match=r"export.platforms=\('cuda',\): give some of cpu, cuda, "
+                                       r"rocm, tpu, cpu included"):
+    defaults.check_config(config)
   with pytest.raises(ValueError, match=r"unknown latency backend 'onnxrt' \(did you mean "
                                        r"'onnxruntime'\?\)"):
     latency.LatencyMeter('mobilenet_v2', {}, backend='onnxrt')
