@@ -369,7 +369,9 @@ def export_and_report(config, workdir: str, network, space, supernet_variables, 
         baseline = retrain.baseline_for(network, record)
         family_channels = baseline['channels']
         entry = row['uniform'] = {'width_mult': baseline['width_mult'],
-                                  **describe(family_channels), 'test_accuracy': None}
+                                  **describe(family_channels),
+                                  'latency_ms': baseline.get('latency_ms'),  # latency targets'
+                                  'test_accuracy': None}
       if config.retrain.mode == 'individual':
         trained = retrained[family][record['name']]
         masked, variables = trained.masked, trained.variables

@@ -313,6 +313,32 @@ def test_uniform_baseline_width_is_the_closest_within_budget(tiny_network):
     retrain.uniform_width_for(tiny_network, 'macs', 10)
 
 
+def test_latency_baseline_times_each_net_once_and_falls_back_to_the_narrowest(tiny_network):
+  """Measured latency is noisy: each uniform net is timed once (the bisection never sees two
+  values of one net), the baseline keeps its time, and when even the narrowest uniform net
+  measured slower than the searched one, it is the baseline (not an error after the search)."""
+  model = resources.ResourceModel(tiny_network)
+  calls = []
+
+  def measure(config):  # grows with the MACs, as a time would; never under 1 ms
+    calls.append(tuple(sorted(config.items())))
+    return 1.0 + model(config)['macs'] / 1e6
+
+  narrowest = tiny_network.uniform_config(1e-3)
+  record = {'name': 'latency_ms_0.5', 'metric': 'latency_ms', 'value': 0.5, 'latency_ms': 0.5}
+  baseline = retrain.baseline_for(tiny_network, record, measure)
+  assert baseline['channels'] == narrowest
+  assert baseline['latency_ms'] == measure(narrowest)
+  calls.clear()
+  middle = measure(tiny_network.uniform_config(0.3))
+  calls.clear()
+  record = dict(record, value=middle, latency_ms=middle)
+  baseline = retrain.baseline_for(tiny_network, record, measure)
+  assert baseline['latency_ms'] <= middle and len(calls) == len(set(calls))
+  with pytest.raises(ValueError, match='no uniform'):  # counted resources: still an error
+    retrain.uniform_width_for(tiny_network, 'macs', 10)
+
+
 def test_params_target_baseline_is_matched_on_params(tiny_network):
   """A params target's uniform baseline: params at or under the target, the closest such
   width (not the one matching the searched net's MACs)."""
