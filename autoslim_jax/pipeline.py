@@ -233,13 +233,15 @@ def claim_workdir(config, workdir: str, overwrite: bool) -> None:
   current = traverse_util.flatten_dict(json.loads(text), sep='.')
   if files.exists(path):
     saved = traverse_util.flatten_dict(files.read_json(path), sep='.')
-    # A key added to the defaults since the workdir was written changes nothing at its default.
+    # A key added to the defaults since the workdir was written changes nothing at its default;
+    # one removed from them since means nothing now.
     defaults_now = traverse_util.flatten_dict(
         json.loads(defaults.get_default_config().to_json_best_effort()), sep='.')
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RERUN_KEYS and saved.get(k) != current.get(k)
                      and not (k not in saved and k in defaults_now
-                              and current.get(k) == defaults_now[k]))
+                              and current.get(k) == defaults_now[k])
+                     and not (k not in current and k not in defaults_now))
     if changed and not overwrite:
       raise ValueError(f'{workdir} holds the outputs of another config '
                        f'({describe_differences(saved, current, changed)}); use a new '
