@@ -22,7 +22,9 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -35,6 +37,7 @@ from autoslim_jax import plain_network
 from autoslim_jax import resources as resources_lib
 from autoslim_jax import steps
 from autoslim_jax import train
+from autoslim_jax import training_mode
 from autoslim_jax.models.base import Network
 
 FAMILIES = ('autoslim', 'uniform')
@@ -172,35 +175,65 @@ class Trained:
   masked: bool
 
 
+def kernel_initializers(network: plain_network.PlainNetwork) -> dict[tuple, Callable]:
+  """Every kernel initialiser of a plain module's layers (flax's ``kernel_init`` attribute), by
+  the kernel's variable path: read while the module initialises abstractly, nothing computed."""
+  found = {}
+
+  def record(call_next, args, kwargs, context):
+    initializer = getattr(context.module, 'kernel_init', None)
+    if context.method_name == '__call__' and callable(initializer):
+      found[('params', *context.module.scope.path, 'kernel')] = initializer
+    return call_next(*args, **kwargs)
+
+  images = jnp.zeros((1,) + tuple(network.input_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: network.module.init(
+        jax.random.key(0), images, **training_mode.mode_kwargs(network.module, False)))
+  return found
+
+
 def embedded_variables(network: Network, variables: Mapping[str, Any],
-                       channels: Mapping[str, int]) -> dict[str, Any]:
+                       channels: Mapping[str, int], key: jax.Array | None = None
+                       ) -> dict[str, Any]:
   """Max-width ``variables`` (a fresh initialisation) as the initial state of the slim network
   at ``channels``, embedded in the supernet's shapes: every entry the slim network lacks is
-  zero, and every conv kernel of the zoo's layers is rescaled to the slim layer's fan-out.
+  zero, and every kernel starts with the slim layer's own initial distribution.
 
   The zoo's conv kernels are drawn He-normal over fan-out (``layers.CONV_INIT``): a slice of a
   N(0, 2 / fan_out_max) draw times sqrt(fan_out_max / fan_out_slim) is a N(0, 2 / fan_out_slim)
-  draw, the slim layer's own initial distribution; the classifier's N(0, 0.01) and BatchNorm's
-  ones and zeros do not depend on the width. A plain module's initialisers are its author's:
-  its layers keep the max-width draw, sliced (as its slim network initialises itself).
+  draw; the classifier's N(0, 0.01) and BatchNorm's ones and zeros do not depend on the width.
+  A plain module's initialisers are its author's, their fans unknown here: with ``key``, each of
+  its kernels is drawn anew by its own initialiser at the slim shape (``kernel_initializers``);
+  without, the max-width draw is kept, sliced (a fan-in initialiser then starts a narrowed
+  layer with a smaller spread than its own).
   """
   flat = traverse_util.flatten_dict(jax.device_get(dict(variables)))
   # Which entries the slim network keeps: export's slicing applied to the entries' indices.
-  indices = {key: np.arange(value.size).reshape(value.shape) for key, value in flat.items()}
-  kept = traverse_util.flatten_dict(export.slim_variables(
-      network, traverse_util.unflatten_dict(indices), channels))
-  scales = {}
-  if not isinstance(network, plain_network.PlainNetwork):
+  indices = {path: np.arange(value.size).reshape(value.shape) for path, value in flat.items()}
+  kept = {path: np.asarray(k) for path, k in traverse_util.flatten_dict(export.slim_variables(
+      network, traverse_util.unflatten_dict(indices), channels)).items()}
+  scales, redrawn = {}, {}
+  if isinstance(network, plain_network.PlainNetwork):
+    if key is not None:
+      for i, (path, initializer) in enumerate(sorted(kernel_initializers(network).items())):
+        redrawn[path] = np.asarray(initializer(jax.random.fold_in(key, i), kept[path].shape,
+                                               flat[path].dtype))
+  else:
     for layer in network.layers:
       if layer.kind in ('conv', 'depthwise') and layer.out_unit is not None:
         scales[('params', *layer.path, 'conv', 'kernel')] = np.sqrt(
             layer.out_channels / channels[layer.out_unit])
   embedded = {}
-  for key, value in flat.items():
-    mask = np.zeros(value.size, bool)
-    mask[np.asarray(kept[key]).ravel()] = True
-    embedded[key] = np.where(mask.reshape(value.shape), value * scales.get(key, 1.0),
-                             0).astype(value.dtype)
+  for path, value in flat.items():
+    inside = np.zeros(value.size, bool)
+    inside[kept[path].ravel()] = True
+    entries = value * scales.get(path, 1.0)
+    if path in redrawn:
+      entries = np.zeros(value.size, value.dtype)
+      entries[kept[path].ravel()] = redrawn[path].ravel()
+    embedded[path] = np.where(inside.reshape(value.shape), entries.reshape(value.shape),
+                              0).astype(value.dtype)
   return traverse_util.unflatten_dict(embedded)
 
 
@@ -211,7 +244,10 @@ def side_by_side_state(network: Network, module, key: jax.Array, make_tx: Callab
   supernet stage's compiled program) and embedded at its channels."""
   fresh = steps.create_train_state(network, key, make_tx, module)
   variables = {'params': fresh.params, 'batch_stats': fresh.batch_stats}
-  nets = [embedded_variables(network, variables, channels) for channels in channel_sets]
+  # Another stream than the supernet draw's: a plain module's kernels drawn at the slim shapes.
+  slim_key = jax.random.fold_in(key, 1)
+  nets = [embedded_variables(network, variables, channels, slim_key)
+          for channels in channel_sets]
   stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *nets)
   return steps.TrainState.create(apply_fn=module.apply, params=stacked['params'],
                                  batch_stats=stacked['batch_stats'], tx=fresh.tx)

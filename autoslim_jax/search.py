@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.extend.core as jcore
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from autoslim_jax import channels as channels_lib
@@ -158,15 +162,61 @@ def write_trajectory(directory: str, trajectory: Sequence[Mapping[str, Any]]) ->
 
 
 # Peak temporary memory of scoring one candidate, in units of (a device's share of the batch x
-# the network's largest feature map x 4 bytes). XLA:CPU's memory analysis of the compiled scorer
-# gave 3.3 (CIFAR MobileNet v2 0.5x and 1.5x, chunks of 1 and 4: linear in the chunk), but XLA on
-# an H200 needed 109.4 GiB for 25 candidates of the CIFAR 1.5x net at 1,000 images: 4.8
-# (runs/accelerator_h200.md). The GPU's figure, rounded up, is used everywhere (TPUs: not yet
-# measured).
-CANDIDATE_MEMORY_FACTOR = 5.0
+# the network's largest intermediate of one image (``largest_feature_map``) x 4 bytes), beside
+# the candidate's masked copy of the weights. XLA:CPU's memory analysis of the compiled scorer
+# gives 2.9 for the CIFAR MobileNet v2 at 0.5x and 2.6 for a DenseNet stack (linear in the
+# chunk; tests/test_search.py measures it); XLA on an H200 needed 109.4 GiB for 25 candidates of
+# the CIFAR 1.5x net at 1,000 images (runs/accelerator_h200.md): 4.3 in these units. The GPU's
+# figure, rounded up, is used everywhere (TPUs: not yet measured).
+CANDIDATE_MEMORY_FACTOR = 4.5
 # The share of a device's allocatable memory the candidates may take (weights, the batch and the
 # runtime keep the rest).
 USABLE_MEMORY = 0.9
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    for sub in value if isinstance(value, (list, tuple)) else (value,):
+      if isinstance(sub, jcore.ClosedJaxpr):
+        yield sub.jaxpr
+      elif isinstance(sub, jcore.Jaxpr):
+        yield sub
+
+
+def largest_feature_map(network: Network) -> int:
+  """The most values one image has in any intermediate of the supernet's scoring pass (training
+  mode, max widths): a conv output, and as well a concatenation, a padded map, a gated product.
+
+  Read from the traced program with a symbolic batch: the values whose first axis is the batch.
+  A layer's output alone misses what a DenseNet concatenates (several times a layer's output).
+  """
+  supernet, space = network.supernet(), network.channel_space()
+  batch, = jax.export.symbolic_shape('batch')
+  images = jax.ShapeDtypeStruct((batch,) + tuple(network.input_shape), jnp.float32)
+  variables = jax.eval_shape(lambda x: supernet.init(jax.random.key(0), x, space.max_config()),
+                             jax.ShapeDtypeStruct((2,) + tuple(network.input_shape), jnp.float32))
+
+  def scoring_pass(variables, images):
+    return supernet.apply(variables, images, space.max_config(), train=True,
+                          mutable=['batch_stats'])[0]
+
+  largest, pending = 0, [jax.make_jaxpr(scoring_pass)(variables, images).jaxpr]
+  while pending:
+    for eqn in pending.pop().eqns:
+      for out in eqn.outvars:
+        shape = getattr(out.aval, 'shape', ())
+        if shape and not isinstance(shape[0], (int, np.integer)):  # the symbolic batch
+          largest = max(largest, math.prod(shape[1:]))
+      pending.extend(_sub_jaxprs(eqn))
+  return largest
+
+
+def candidate_memory_bytes(network: Network, images_per_device: int) -> int:
+  """A device's memory for scoring one more candidate: its feature maps at the device's share of
+  the batch (``CANDIDATE_MEMORY_FACTOR`` x the largest) and its masked copy of the weights."""
+  weights = resources_lib.ResourceModel(network)(network.channel_space().max_config())['params']
+  return int(CANDIDATE_MEMORY_FACTOR * images_per_device * largest_feature_map(network) * 4
+             + weights * 4)
 
 
 def device_memory_bytes() -> int | None:
@@ -198,16 +248,17 @@ def automatic_chunk_size(network: Network, batch_size: int, num_candidates: int,
     return num_candidates
   num_devices = num_devices or jax.device_count()
   per_device = batch_size // num_devices
-  largest = max(layer.out_channels * layer.out_height * layer.out_width
-                for layer in network.layers)
-  per_candidate = CANDIDATE_MEMORY_FACTOR * per_device * largest * 4
+  per_candidate = candidate_memory_bytes(network, per_device)
   chunk = int(USABLE_MEMORY * memory // per_candidate)
   if chunk < 1:
-    fits = int(USABLE_MEMORY * memory // (CANDIDATE_MEMORY_FACTOR * largest * 4)) * num_devices
+    weights = candidate_memory_bytes(network, 0)
+    per_image = candidate_memory_bytes(network, 1) - weights
+    fits = max(0, int((USABLE_MEMORY * memory - weights) // per_image)) * num_devices
     raise ValueError(
         f'search.batch_size {batch_size} on {num_devices} device(s): one candidate needs about '
         f'{per_candidate / 2**30:.1f} GiB of a device\'s memory ({per_device} images x the '
-        f'largest feature map of {largest:,} values), more than the {memory / 2**30:.1f} GiB a '
+        f'largest feature map of {largest_feature_map(network):,} values, and a masked copy '
+        f'of the weights), more than the {memory / 2**30:.1f} GiB a '
         f'device has; use search.batch_size <= {fits} or more devices (the BatchNorm batch is '
         f'the global batch, so more devices hold it in smaller shares)')
   return balanced_chunk_size(num_candidates, chunk)

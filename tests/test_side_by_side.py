@@ -169,3 +169,27 @@ def test_side_by_side_retraining_resumes_as_if_never_stopped(tmp_path):
     for x, y, z in zip(*(jax.tree_util.tree_leaves(t.variables) for t in (a, b, c))):
       np.testing.assert_array_equal(x, y)
       np.testing.assert_array_equal(x, z)
+
+
+def test_plain_network_kernels_start_with_their_own_initialiser_at_the_slim_shape():
+  """A plain module's layer narrowed to half its inputs starts with the spread its own
+  initialiser (flax's default, LeCun normal over fan-in) gives the slim layer: sqrt(2) wider
+  than a slice of the max-width draw, which the side-by-side state started from before."""
+  network = models.create_network(PLAIN_CNN, image_size=8, in_channels=1)
+  space = network.channel_space(groups=2, min_ratio=0.5)
+  half = space.min_config()
+  variables = jax.device_get(network.init(jax.random.key(0)))
+  embedded = retrain.embedded_variables(network, variables, half, jax.random.key(1))
+  sliced = retrain.embedded_variables(network, variables, half)
+  slim = export.slim_variables(network, embedded, half)['params']
+  kernel = slim['fuse']['kernel']  # 1x1 conv reading two concatenated halved units
+  fan_in = int(np.prod(kernel.shape[:-1]))
+  assert fan_in < variables['params']['fuse']['kernel'][..., 0].size
+  assert np.std(kernel) == pytest.approx(np.sqrt(1 / fan_in), rel=0.15)
+  max_fan_in = variables['params']['fuse']['kernel'][..., 0].size
+  assert np.std(export.slim_variables(network, sliced, half)['params']['fuse']['kernel']) == (
+      pytest.approx(np.sqrt(1 / max_fan_in), rel=0.15))
+  # Entries the slim network lacks stay zero; BatchNorm still starts at ones and zeros.
+  inside = export.slim_variables(network, embedded, half)
+  assert np.count_nonzero(embedded['params']['fuse']['kernel']) == kernel.size
+  assert np.all(inside['params']['fuse_bn']['scale'] == 1)
