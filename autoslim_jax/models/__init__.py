@@ -90,19 +90,24 @@ def create_network(name: str, **kwargs) -> Network:
   """Builds network ``name`` (registered or ``'module:function'``) with its factory's arguments.
 
   A factory may return a plain ``flax.linen`` module (at its max widths) instead of a
-  ``Network``: it is traced (``plain_network.PlainNetwork``) on images of the shape its
-  ``image_size`` and ``in_channels`` arguments give (from ``kwargs`` or their defaults).
+  ``Network``, or a ``flax.nnx`` module (wrapped as a linen one: ``nnx_modules``): it is
+  traced (``plain_network.PlainNetwork``) on images of the shape its ``image_size`` and
+  ``in_channels`` arguments give (from ``kwargs`` or their defaults).
   """
   factory = get_factory(name)
   network = factory(**kwargs)
   where, _, function = name.rpartition(':')
   if where.endswith('.py'):  # a path that still works from another working directory
     name = f'{os.path.abspath(where)}:{function}'
+  nnx = sys.modules.get('flax.nnx')  # imported by whoever built an NNX module
+  if nnx is not None and isinstance(network, nnx.Module):
+    from autoslim_jax import nnx_modules  # pylint: disable=g-import-not-at-top
+    network = nnx_modules.to_linen(network, factory, kwargs)  # then traced as a linen module
   if isinstance(network, nn.Module):
     network = _plain_network(name, factory, network, kwargs)
   if not isinstance(network, Network):
     raise ValueError(f'model {name!r}: the factory returned {type(network).__name__}, not an '
-                     'autoslim_jax.models.Network or a flax.linen module')
+                     'autoslim_jax.models.Network, a flax.linen module or a flax.nnx module')
   network.name = name  # the name that rebuilds it, e.g. in the latency worker or load_slim
   return network
 
