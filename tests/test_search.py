@@ -18,6 +18,7 @@ from autoslim_jax import evaluate
 from autoslim_jax import input_pipeline
 from autoslim_jax import latency
 from autoslim_jax import parallel
+from autoslim_jax import plain_network
 from autoslim_jax import resources
 from autoslim_jax import retrain
 from autoslim_jax import search
@@ -415,3 +416,39 @@ def test_automatic_chunk_size_fits_what_xla_needed_on_an_h200():
   chunk = search.automatic_chunk_size(network, 1000, 25, pool, 1)
   assert 1 <= chunk < 25
   assert chunk * 109.44 / 25 * 2**30 <= pool
+
+
+def _scorer_memory_per_candidate(network, images: int) -> float:
+  """XLA's own memory analysis of the compiled candidate scorer: the temporary bytes one more
+  candidate in a chunk adds (chunks of 1 and 3, shapes only)."""
+  supernet, space = network.supernet(), network.channel_space()
+  shape = tuple(network.input_shape)
+  variables = jax.eval_shape(lambda: supernet.init(
+      jax.random.key(0), jax.numpy.zeros((2,) + shape), space.max_config()))
+  batch = {'image': jax.ShapeDtypeStruct((images,) + shape, np.float32),
+           'label': jax.ShapeDtypeStruct((images,), np.int32),
+           'mask': jax.ShapeDtypeStruct((images,), np.float32)}
+  scorer = evaluate.make_candidate_scorer(supernet)
+  temp = {}
+  for chunk in (1, 3):
+    configs = {unit: jax.ShapeDtypeStruct((chunk,), np.int32) for unit in space.unit_names}
+    temp[chunk] = scorer.lower(variables, batch, configs).compile().memory_analysis(
+        ).temp_size_in_bytes
+  return (temp[3] - temp[1]) / 2
+
+
+def test_candidate_memory_covers_what_xla_needs_for_a_densenet():
+  """Issue 27, point 5: a DenseNet's largest maps are its concatenations, no layer's output.
+  The memory model counts them (and each candidate's masked weights): XLA:CPU's analysis of the
+  compiled scorer fits under it; counting the largest layer output alone, as before, fell short
+  of it by more than 2x (so a DenseNet could run out of an accelerator's memory)."""
+  import corpus_densenet  # pylint: disable=g-import-not-at-top
+  network = plain_network.PlainNetwork('densenet', corpus_densenet.DenseNetBC(blocks=(8,)),
+                                       (16, 16, 3))
+  images = 32
+  needed = _scorer_memory_per_candidate(network, images)
+  predicted = search.candidate_memory_bytes(network, images)
+  assert needed <= predicted <= 3 * needed, (needed, predicted)
+  largest_layer = max(l.out_channels * l.out_height * l.out_width for l in network.layers)
+  assert search.largest_feature_map(network) >= 80 * 16 * 16  # 16 + 8 x 8 channels concatenated
+  assert 2 * search.CANDIDATE_MEMORY_FACTOR * images * largest_layer * 4 < needed
