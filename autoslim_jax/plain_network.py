@@ -342,6 +342,18 @@ def _slim_params(eqn, ins, wants) -> dict:
   name = eqn.primitive.name
   want = wants[0] if wants else None
   max_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else None
+  if name == 'split':  # the pieces' sizes (a concatenation's segments at the slim widths)
+    if all(w is not None for w in wants):
+      params['sizes'] = tuple(w[params['axis']] for w in wants)
+    return params
+  if name == 'gather':  # axes taken whole stay whole
+    old = eqn.invars[0].aval.shape
+    dims = params['dimension_numbers']
+    params['slice_sizes'] = tuple(
+        np.shape(ins[0])[i] if size == old[i] and i not in dims.start_index_map
+        and i not in dims.collapsed_slice_dims and i not in dims.operand_batching_dims
+        else size for i, size in enumerate(params['slice_sizes']))
+    return params
   if want is None or want == max_shape:
     if name != 'conv_general_dilated' and name != 'slice':
       return params
@@ -471,6 +483,7 @@ class PlainNetwork(Network):
                      official_layout=tuple(traced.max_widths) + (channels_lib.CLASSES,),
                      description='plain flax module,')
     self.input_segments = dict(traced.input_segments)
+    self.param_axes = traced.param_axes  # resources count the params from the variables
     # One instance, so that whatever is compiled for the supernet is found again.
     self._supernet = MaskedPlainNetwork(module, traced)
 

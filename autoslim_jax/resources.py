@@ -10,6 +10,10 @@ Definitions (design.md, section 2), counted on the physically slim network at ba
   and MobileNet v2 figures use (conv + dense alone gives MobileNet v2 1.0x 3.47M instead of the
   published 3.5M, the CIFAR net 2.20M instead of 2.24M); tests/test_resources.py checks it. It
   equals the size of the slim Flax model's ``params`` collection.
+  A traced plain network counts them from its variables (``Network.param_axes``: each
+  variable's axes as unit segments), so every parameter is counted at every config whatever holds
+  it: a BatchNorm that follows no layer (pre-activation, BN-ReLU-conv), one without scale or
+  bias, a learned per-channel scale.
 - ``memory``: the paper's "summary of all feature maps and weights", as a count of elements:
   ``params`` plus every conv and dense output feature map (the input image not counted). This
   reproduces the paper's Table 1 within 0.5% for MobileNet v2 (1.0x 10.2M, 0.75x 8.5M, AutoSlim
@@ -44,23 +48,36 @@ class ResourceModel:
     def channels(unit: str | None, fixed: int) -> tuple[int, int]:
       return (one, fixed) if unit is None else (index[unit], 1)
 
+    # A traced network counts its params from its variables (every parameter, whatever layer
+    # holds it); the zoo's from its layer records.
+    param_axes = getattr(network, 'param_axes', None)
     for layer in network.layers:
-      b, cb = channels(layer.out_unit, layer.out_channels)
       area = layer.out_height * layer.out_width
       k2 = layer.kernel_size ** 2
-      if layer.kind == 'depthwise':  # one k x k filter per channel
-        inputs = [(one, 1)]
+      segments = [channels(unit, size) for unit, size in _input_segments(network, layer)]
+      if layer.kind == 'depthwise':  # one k x k filter per channel: its outputs are its inputs
+        pairs = [(one, 1, b, cb) for b, cb in segments]
+        outputs = segments
       else:  # a layer reading a concatenation: one product term per segment
-        inputs = [channels(unit, size) for unit, size in network.input_segments.get(
-            layer.path, ((layer.in_unit, layer.in_channels),))]
-      for a, ca in inputs:
+        outputs = [channels(layer.out_unit, layer.out_channels)]
+        pairs = [(a, ca, b, cb) for a, ca in segments for b, cb in outputs]
+      for a, ca, b, cb in pairs:
         terms['params'].append((a, b, k2 * ca * cb))
         terms['macs'].append((a, b, k2 * ca * cb * area))
-      if layer.has_bias:
-        terms['params'].append((one, b, cb))
-      if layer.batch_norm:  # scale and bias
-        terms['params'].append((one, b, 2 * cb))
-      terms['memory'].append((one, b, cb * area))  # the output feature map
+      for b, cb in outputs:
+        if layer.has_bias:
+          terms['params'].append((one, b, cb))
+        if layer.batch_norm:  # scale and bias
+          terms['params'].append((one, b, 2 * cb))
+        terms['memory'].append((one, b, cb * area))  # the output feature map
+    if param_axes is not None:
+      terms['params'] = []
+      for _, axes in param_axes:
+        products = [(one, one, 1)]  # (column a, column b, coefficient)
+        for axis in axes:
+          products = [_times(term, column, n, one) for term in products
+                      for column, n in (channels(unit, size) for unit, size in axis)]
+        terms['params'] += products
     terms['memory'] += terms['params']
     self._terms = {
         name: (np.array([t[0] for t in ts]), np.array([t[1] for t in ts]),
@@ -87,6 +104,23 @@ class ResourceModel:
     return self.batch(np.array([[c[n] for n in self.unit_names] for c in configs]))
 
 
+def _times(term, column: int, n: int, one: int) -> tuple[int, int, int]:
+  """A product term (column a, column b, coefficient) times ``n`` channels of ``column``."""
+  a, b, c = term
+  if column == one:
+    return a, b, c * n
+  if a == one:
+    return column, b, c * n
+  if b == one:
+    return a, column, c * n
+  raise ValueError('a parameter with channels of more than two units cannot be counted')
+
+
+def _input_segments(network: Network, layer: LayerRecord):
+  """A layer's input channels as (unit or None, channels) segments."""
+  return network.input_segments.get(layer.path, ((layer.in_unit, layer.in_channels),))
+
+
 def layer_resources(layer: LayerRecord, config: Mapping[str, int],
                     input_segments: Mapping[tuple[str, ...], Sequence] | None = None
                     ) -> dict[str, int]:
@@ -95,6 +129,8 @@ def layer_resources(layer: LayerRecord, config: Mapping[str, int],
   segments = (input_segments or {}).get(layer.path, ((layer.in_unit, layer.in_channels),))
   cin = sum(size if unit is None else config[unit] for unit, size in segments)
   cout = layer.out_channels if layer.out_unit is None else config[layer.out_unit]
+  if layer.kind == 'depthwise':  # its outputs are its inputs (a concatenation's segments too)
+    cout = cin
   per_output = layer.kernel_size ** 2 * (1 if layer.kind == 'depthwise' else cin)
   params = per_output * cout + (cout if layer.has_bias else 0) + (
       2 * cout if layer.batch_norm else 0)

@@ -20,8 +20,8 @@ from autoslim_jax import tracing
 from autoslim_jax import training_mode
 from conftest import TINY_ZOO, backend_compiles
 from test_tracing import (ConcatSources, ConcatTwice, ConvBN, PlainMobileNetV1,
-                          PlainMobileNetV2, PlainResNet50, SqueezeExcite, TupleOutput,
-                          unit_mapping)
+                          PlainMobileNetV2, PlainResNet50, Split, SqueezeExcite, Take,
+                          TupleOutput, unit_mapping)
 
 ZOO = {
     'mobilenet_v1': lambda: PlainMobileNetV1(0.5),
@@ -209,6 +209,8 @@ SMALL = {
     'concat_twice_bn': ConcatTwiceBN,
     'concat_sources': ConcatSources,
     'tuple_output': TupleOutput,
+    'split_at_segments': lambda: Split(True),
+    'take_spatial': lambda: Take(1),
 }
 
 

@@ -1,9 +1,15 @@
 """Resources reproduce design.md's reference numbers (conv + dense MACs at batch 1)."""
 
+import functools
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from autoslim_jax import models
+from autoslim_jax import plain_network
 from autoslim_jax.resources import ResourceModel
 
 # AutoSlim-MobileNet v2, official channel_num_list layout (design.md, section 3):
@@ -96,3 +102,36 @@ def test_uniform_width_beyond_the_supernet_is_refused(imagenet):
   with pytest.raises(ValueError, match=r"2.0x uniform config of the 1.5x mobilenet_v2: unit "
                                        r"'stem': channel count 64 is out of range; valid is 1..48"):
     network.uniform_config(2.0)
+
+
+class _BatchNormVariants(nn.Module):
+  """BatchNorms with scale and bias, with neither, with one of them, and one that follows no
+  layer (it reads a residual sum)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train)
+    x = norm(name='full')(nn.Conv(8, (3, 3), use_bias=False, name='a')(x))
+    y = norm(use_scale=False, use_bias=False, name='bare')(
+        nn.Conv(8, (3, 3), use_bias=False, name='b')(x))
+    y = norm(use_scale=False, name='bias_only')(nn.Conv(8, (3, 3), use_bias=False, name='c')(y))
+    x = nn.relu(norm(name='after_sum')(x + y))
+    return nn.Dense(10, name='head')(jnp.mean(x, axis=(1, 2)))
+
+
+def test_batchnorm_params_are_counted_as_they_are():
+  """A BatchNorm without scale or bias has none, and one reading a sum has its own (before:
+  2 a channel for each BatchNorm after a layer, none for the one after a sum: 1,362 counted of
+  1,354 at max width, 324 of 322 at a = 4, b = 3)."""
+  network = plain_network.PlainNetwork('variants', _BatchNormVariants(), (8, 8, 1))
+  variables = network.module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  assert network.max_widths == {'a': 8, 'b': 8}  # c joins a through the residual sum
+
+  def by_hand(a, b):  # a, full, b, bare, c, bias_only, after_sum, head
+    return 9 * a + 2 * a + 9 * a * b + 0 + 9 * b * a + a + 2 * a + (10 * a + 10)
+
+  model = ResourceModel(network)
+  assert model({'a': 8, 'b': 8})['params'] == by_hand(8, 8) == 1354
+  assert by_hand(8, 8) == sum(np.size(leaf)
+                              for leaf in jax.tree_util.tree_leaves(variables['params']))
+  assert model({'a': 4, 'b': 3})['params'] == by_hand(4, 3) == 322

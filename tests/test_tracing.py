@@ -499,3 +499,75 @@ def test_units_are_followed_through_nested_calls():
   assert [(r.path, r.in_unit, r.out_unit, r.out_height) for r in traced.layers] == [
       (('block', 'conv'), None, 'block/conv', 8), (('side',), 'block/conv', 'block/conv', 8),
       (('up',), 'block/conv', 'up', 16), (('head',), 'up', None, 1)]
+
+
+class Residual(nn.Module):
+  shortcut_first: bool
+
+  @nn.compact
+  def __call__(self, x):
+    r = nn.relu(nn.Conv(8, (3, 3), name='stem')(x))
+    y = nn.Conv(8, (3, 3), name='conv')(nn.relu(nn.Conv(8, (3, 3), name='inner')(r)))
+    x = r + y if self.shortcut_first else y + r
+    return nn.Dense(3, name='head')(jnp.mean(x, axis=(1, 2)))
+
+
+def test_unit_names_do_not_depend_on_the_operand_order():
+  """A merged unit is named after its first layer in program order (before: after the left
+  operand's layer, so ``y + r`` named the stem's unit 'conv')."""
+  for shortcut_first in (True, False):
+    traced = tracing.trace_network(Residual(shortcut_first), (8, 8, 3))
+    assert {u.name: u.producers for u in traced.units} == {
+        'stem': (('stem',), ('conv',)), 'inner': (('inner',),)}
+
+
+class Split(nn.Module):
+  at_segments: bool
+
+  @nn.compact
+  def __call__(self, x):
+    a = nn.Conv(8, (3, 3), name='a')(x)
+    if self.at_segments:  # the concatenation's pieces again
+      b = nn.Conv(4, (3, 3), name='b')(x)
+      first, second = jnp.split(jnp.concatenate([a, b], axis=-1), [8], axis=-1)
+      y = nn.Conv(6, (1, 1), name='c')(first) + nn.Conv(6, (1, 1), name='d')(second)
+    else:  # halves of one layer's channels
+      first, second = jnp.split(a, 2, axis=-1)
+      y = first * second
+    return nn.Dense(3, name='head')(jnp.mean(y, axis=(1, 2)))
+
+
+def test_split_along_channels():
+  """jnp.split at a concatenation's segment boundaries gives the segments back; a split of one
+  unit's channels is refused as what it is (before: 'applies split, which this analysis does
+  not know')."""
+  traced = tracing.trace_network(Split(True), (8, 8, 3))
+  assert [(r.path, r.in_unit) for r in traced.layers] == [
+      (('a',), None), (('b',), None), (('c',), 'a'), (('d',), 'b'), (('head',), 'c')]
+  with pytest.raises(tracing.TracingError,
+                     match=r"Split: split at .*: splits into pieces of \[4, 4\] \(a split is "
+                           r"supported only at the boundaries of a channel concatenation: write "
+                           r"one layer per piece instead\) the channel axis of unit 'a'"):
+    tracing.trace_network(Split(False), (8, 8, 3))
+
+
+class Take(nn.Module):
+  axis: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = ConvBN(8, 3, name='a')(x, train)
+    x = jnp.take(x, jnp.array([0, 2, 4, 6]), axis=self.axis)
+    return nn.Dense(3, name='head')(jnp.mean(x.reshape(x.shape[0], -1, x.shape[-1]), axis=1))
+
+
+def test_take_along_a_spatial_axis_keeps_the_channels():
+  """jnp.take (a gather) along a spatial axis passes the channels through; along the channels
+  it is refused (before: both refused, as 'applies gather ... to the channel axis')."""
+  traced = tracing.trace_network(Take(1), (8, 8, 3))
+  assert [(r.path, r.in_unit, r.out_unit) for r in traced.layers] == [
+      (('a', 'conv'), None, 'a/conv'), (('head',), 'a/conv', None)]
+  with pytest.raises(tracing.TracingError,
+                     match=r"Take: gather(| at .*): gathers \(indexes\) along the channel axis of "
+                           r"unit 'a/conv'"):
+    tracing.trace_network(Take(3), (8, 8, 3))
