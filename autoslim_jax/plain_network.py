@@ -390,10 +390,14 @@ class SlimPlainNetwork:
 
   def init(self, rngs, images, config=None, train: bool = False):
     """Slim variables: the max network's fresh ones, sliced (the plain module can only create
-    max-width variables; ``train.fit`` and the latency worker initialise slim networks)."""
+    max-width variables; ``train.fit`` and the latency worker initialise slim networks), each
+    kernel drawn anew at its slim shape (``with_slim_kernels``)."""
     del config  # the widths are this network's
     kwargs = training_mode.mode_kwargs(self.module, train)
-    return slim_variables(self.traced, self.module.init(rngs, images, **kwargs), self.config)
+    key = rngs['params'] if isinstance(rngs, Mapping) else rngs
+    sliced = slim_variables(self.traced, self.module.init(rngs, images, **kwargs), self.config)
+    return with_slim_kernels(self.module, images.shape[1:], sliced,
+                             jax.random.fold_in(key, 1))
 
   def batch_statistics(self, variables, images, statistics):
     """``statistics`` (``evaluate.batch_statistics``) of this slim network, taken from the
@@ -444,6 +448,38 @@ class SlimPlainNetwork:
     if mutable:
       return _logits(self.traced, result[0]), result[1]
     return _logits(self.traced, result)
+
+
+def kernel_initializers(module: nn.Module, input_shape: Sequence[int]) -> dict[tuple, Any]:
+  """Every kernel initialiser of a plain module's layers (flax's ``kernel_init`` attribute), by
+  the kernel's variable path: read while the module initialises abstractly, nothing computed.
+  (An NNX module's layers keep no initialiser: none found, its kernels stay sliced.)"""
+  found = {}
+
+  def record(call_next, args, kwargs, context):
+    initializer = getattr(context.module, 'kernel_init', None)
+    if context.method_name == '__call__' and callable(initializer):
+      found[('params', *context.module.scope.path, 'kernel')] = initializer
+    return call_next(*args, **kwargs)
+
+  images = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: module.init(jax.random.key(0), images,
+                                       **training_mode.mode_kwargs(module, False)))
+  return found
+
+
+def with_slim_kernels(module: nn.Module, input_shape: Sequence[int], variables,
+                      key: jax.Array) -> dict:
+  """Slim ``variables`` with every kernel drawn anew by its layer's own initialiser at the slim
+  shape: the spread the author's initialiser gives the slim layer (a slice of a max-width
+  fan-in draw would start a narrowed layer with a smaller one)."""
+  flat = traverse_util.flatten_dict(dict(variables))
+  for i, (path, initializer) in enumerate(sorted(kernel_initializers(module,
+                                                                     input_shape).items())):
+    if path in flat:
+      flat[path] = initializer(jax.random.fold_in(key, i), flat[path].shape, flat[path].dtype)
+  return traverse_util.unflatten_dict(flat)
 
 
 def export_slim(module: nn.Module, traced: tracing.TracedNetwork, variables,

@@ -22,9 +22,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -37,7 +35,6 @@ from autoslim_jax import plain_network
 from autoslim_jax import resources as resources_lib
 from autoslim_jax import steps
 from autoslim_jax import train
-from autoslim_jax import training_mode
 from autoslim_jax.models.base import Network
 
 FAMILIES = ('autoslim', 'uniform')
@@ -175,24 +172,6 @@ class Trained:
   masked: bool
 
 
-def kernel_initializers(network: plain_network.PlainNetwork) -> dict[tuple, Callable]:
-  """Every kernel initialiser of a plain module's layers (flax's ``kernel_init`` attribute), by
-  the kernel's variable path: read while the module initialises abstractly, nothing computed."""
-  found = {}
-
-  def record(call_next, args, kwargs, context):
-    initializer = getattr(context.module, 'kernel_init', None)
-    if context.method_name == '__call__' and callable(initializer):
-      found[('params', *context.module.scope.path, 'kernel')] = initializer
-    return call_next(*args, **kwargs)
-
-  images = jnp.zeros((1,) + tuple(network.input_shape), jnp.float32)
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda: network.module.init(
-        jax.random.key(0), images, **training_mode.mode_kwargs(network.module, False)))
-  return found
-
-
 def embedded_variables(network: Network, variables: Mapping[str, Any],
                        channels: Mapping[str, int], key: jax.Array | None = None
                        ) -> dict[str, Any]:
@@ -204,7 +183,8 @@ def embedded_variables(network: Network, variables: Mapping[str, Any],
   N(0, 2 / fan_out_max) draw times sqrt(fan_out_max / fan_out_slim) is a N(0, 2 / fan_out_slim)
   draw; the classifier's N(0, 0.01) and BatchNorm's ones and zeros do not depend on the width.
   A plain module's initialisers are its author's, their fans unknown here: with ``key``, each of
-  its kernels is drawn anew by its own initialiser at the slim shape (``kernel_initializers``);
+  its kernels is drawn anew by its own initialiser at the slim shape
+  (``plain_network.with_slim_kernels``);
   without, the max-width draw is kept, sliced (a fan-in initialiser then starts a narrowed
   layer with a smaller spread than its own).
   """
@@ -216,9 +196,9 @@ def embedded_variables(network: Network, variables: Mapping[str, Any],
   scales, redrawn = {}, {}
   if isinstance(network, plain_network.PlainNetwork):
     if key is not None:
-      for i, (path, initializer) in enumerate(sorted(kernel_initializers(network).items())):
-        redrawn[path] = np.asarray(initializer(jax.random.fold_in(key, i), kept[path].shape,
-                                               flat[path].dtype))
+      redrawn = traverse_util.flatten_dict(jax.device_get(plain_network.with_slim_kernels(
+          network.module, network.input_shape, export.slim_variables(network, variables,
+                                                                     channels), key)))
   else:
     for layer in network.layers:
       if layer.kind in ('conv', 'depthwise') and layer.out_unit is not None:
@@ -229,9 +209,9 @@ def embedded_variables(network: Network, variables: Mapping[str, Any],
     inside = np.zeros(value.size, bool)
     inside[kept[path].ravel()] = True
     entries = value * scales.get(path, 1.0)
-    if path in redrawn:
+    if path in redrawn and path[-1] == 'kernel':
       entries = np.zeros(value.size, value.dtype)
-      entries[kept[path].ravel()] = redrawn[path].ravel()
+      entries[kept[path].ravel()] = np.asarray(redrawn[path]).ravel()
     embedded[path] = np.where(inside.reshape(value.shape), entries.reshape(value.shape),
                               0).astype(value.dtype)
   return traverse_util.unflatten_dict(embedded)

@@ -41,8 +41,8 @@ jax.monitoring.register_event_duration_secs_listener(
 LONGEST_FILES_FIRST = (
     'test_commands.py', 'test_search.py', 'test_accelerator_run.py', 'test_zoo_pipeline.py',
     'test_bench.py', 'test_quickstart_reports.py', 'test_multihost.py', 'test_cli_options.py',
-    'test_plain_network.py', 'test_side_by_side.py', 'test_supernet_run.py', 'test_train.py',
-    'test_folder_pipeline.py', 'test_plain_pipeline.py')
+    'test_plain_network.py', 'test_corpus.py', 'test_nnx.py', 'test_side_by_side.py',
+    'test_supernet_run.py', 'test_train.py', 'test_folder_pipeline.py', 'test_plain_pipeline.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -193,3 +193,8 @@ def test_plain_network_kernels_start_with_their_own_initialiser_at_the_slim_shap
   inside = export.slim_variables(network, embedded, half)
   assert np.count_nonzero(embedded['params']['fuse']['kernel']) == kernel.size
   assert np.all(inside['params']['fuse_bn']['scale'] == 1)
+  # The physically slim network (retrain.side_by_side=False) starts the same way.
+  alone = network.slim_module(half).init(jax.random.key(2), jnp.zeros((1, 8, 8, 1)))
+  assert alone['params']['fuse']['kernel'].shape == kernel.shape
+  assert np.std(alone['params']['fuse']['kernel']) == pytest.approx(np.sqrt(1 / fan_in),
+                                                                    rel=0.15)
