@@ -173,6 +173,12 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
                            **resources_lib.layer_resources(layer, config,
                                                            network.input_segments))
                       for layer in network.layers]
+  # A plain network's params are counted from its variables: a BatchNorm that follows no layer
+  # (pre-activation nets, DenseNet) belongs to no row, so a row of its own keeps the sum.
+  rest = result['params'] - sum(row['params'] for row in result['layers'])
+  if rest:
+    result['layers'].append(dict(layer='(parameters of no layer)', kind='other', **{
+        'in': 0, 'out': 0, 'macs': 0, 'params': rest}))
   return result
 
 

@@ -15,6 +15,7 @@ import pytest
 from autoslim_jax import export
 from autoslim_jax import models
 from autoslim_jax import plain_network
+from autoslim_jax import profile
 from autoslim_jax import resources
 from autoslim_jax import tracing
 from conftest import SHORT_QUICKSTART, run
@@ -171,9 +172,12 @@ def test_units_and_resources_equal_the_count_by_hand(corpus_case):
   assert model(units) == at_max
   assert by_hand(layers(narrow)) == at_narrow
   assert model(narrow) == at_narrow
-  # The per-layer table (profile --per_layer) sums to the MACs, too.
-  assert sum(resources.layer_resources(layer, narrow, network.input_segments)['macs']
-             for layer in network.layers) == at_narrow['macs']
+  # The per-layer table (profile --per_layer) sums to the MACs and the params, too: a
+  # BatchNorm that follows no layer (pre-activation, DenseNet) has a row of its own.
+  rows = profile.profile(spec(name), channels=narrow,
+                         model_kwargs={'image_size': 8, 'in_channels': 1})['layers']
+  assert sum(row['macs'] for row in rows) == at_narrow['macs']
+  assert sum(row['params'] for row in rows) == at_narrow['params']
 
 
 def test_params_are_the_flax_params_and_masked_equals_slim(corpus_case):
