@@ -28,7 +28,8 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 
-from autoslim_jax import tracing
+from autoslim_jax import tracing_labels
+from autoslim_jax import tracing_rules
 
 OPSET = 17
 INPUT_NAME = 'images'
@@ -188,7 +189,7 @@ class _Converter:
     for eqn in jaxpr.eqns:
       ins = [read(v) for v in eqn.invars]
       name = eqn.primitive.name
-      sub = tracing._sub_jaxpr(eqn) if name in tracing._CALLS else None  # pylint: disable=protected-access
+      sub = tracing_labels.sub_jaxpr(eqn) if name in tracing_rules.CALLS else None
       if sub is not None:
         sub_jaxpr, sub_consts = sub
         args_in = ins[len(ins) - len(sub_jaxpr.invars):]

@@ -43,6 +43,8 @@ from flax import traverse_util
 
 from autoslim_jax import channels as channels_lib
 from autoslim_jax import tracing
+from autoslim_jax import tracing_labels
+from autoslim_jax import tracing_rules
 from autoslim_jax import training_mode
 from autoslim_jax.models.base import LayerRecord, Network
 
@@ -217,7 +219,7 @@ class _Program:
   out_tree: Any
   variable_paths: list
   envs: list
-  labels: Any  # tracing._Labels
+  labels: Any  # tracing_labels.Labels
   unit_of: dict  # label class root -> unit name
 
 
@@ -309,7 +311,7 @@ class _Evaluation:
     for eqn in jaxpr.eqns:
       ins = [read(v) for v in eqn.invars]
       wants = [self.shape(env, v) for v in eqn.outvars]
-      sub = tracing._sub_jaxpr(eqn) if eqn.primitive.name in tracing._CALLS else None  # pylint: disable=protected-access
+      sub = tracing_labels.sub_jaxpr(eqn) if eqn.primitive.name in tracing_rules.CALLS else None
       if sub is not None:  # inlined (a custom derivative rule is not kept)
         sub_jaxpr, sub_consts = sub
         outs = self.run(sub_jaxpr, sub_consts, ins[len(ins) - len(sub_jaxpr.invars):])
@@ -320,7 +322,7 @@ class _Evaluation:
       for v, out, want in zip(eqn.outvars, outs, wants):
         if want is not None and tuple(np.shape(out)) != want:
           raise tracing.TracingError(
-              f'{tracing._describe(eqn, "")}: gives shape {np.shape(out)} at the slim widths, '  # pylint: disable=protected-access
+              f'{tracing_labels.describe(eqn, "")}: gives shape {np.shape(out)} at the slim widths, '
               f'expected {want}; this primitive cannot be slimmed by re-evaluation')
         if not isinstance(v, jcore.DropVar):
           values[v] = out

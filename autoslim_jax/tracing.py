@@ -51,10 +51,7 @@ from autoslim_jax import tracing_rules
 from autoslim_jax import training_mode
 from autoslim_jax.models.base import LayerRecord, Network
 from autoslim_jax.tracing_labels import (Event, Labels, Layer, Path, TracingError, describe,
-                                         join, sub_jaxpr)
-
-# The names plain_network.py uses.
-_Labels, _describe, _sub_jaxpr, _CALLS = Labels, describe, sub_jaxpr, tracing_rules.CALLS
+                                         join)
 
 TRACE_BATCH = 2  # > 1, so that the batch axis has a label of its own
 

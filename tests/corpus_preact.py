@@ -3,7 +3,6 @@ input (a residual sum), not a conv's output; the shortcut is projected from the 
 where the width or stride changes."""
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 class WideBasic(nn.Module):

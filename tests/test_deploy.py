@@ -23,7 +23,6 @@ from autoslim_jax import deploy
 from autoslim_jax import export
 from autoslim_jax import models
 from autoslim_jax import onnx_graph
-import plain_cnn
 
 ZOO = {
     'mobilenet_v1': dict(layout='cifar', width_mult=0.5, image_size=8, in_channels=1),
