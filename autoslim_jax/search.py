@@ -24,7 +24,6 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.extend.core as jcore
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -38,6 +37,7 @@ from autoslim_jax import parallel
 from autoslim_jax import plots
 from autoslim_jax import retrain
 from autoslim_jax import resources as resources_lib
+from autoslim_jax import tracing_labels
 from autoslim_jax.models.base import Network
 
 METRICS = ('macs', 'params', 'memory', 'latency_ms')
@@ -174,15 +174,6 @@ CANDIDATE_MEMORY_FACTOR = 4.5
 USABLE_MEMORY = 0.9
 
 
-def _sub_jaxprs(eqn):
-  for value in eqn.params.values():
-    for sub in value if isinstance(value, (list, tuple)) else (value,):
-      if isinstance(sub, jcore.ClosedJaxpr):
-        yield sub.jaxpr
-      elif isinstance(sub, jcore.Jaxpr):
-        yield sub
-
-
 def largest_feature_map(network: Network) -> int:
   """The most values one image has in any intermediate of the supernet's scoring pass (training
   mode, max widths): a conv output, and as well a concatenation, a padded map, a gated product.
@@ -207,16 +198,23 @@ def largest_feature_map(network: Network) -> int:
         shape = getattr(out.aval, 'shape', ())
         if shape and not isinstance(shape[0], (int, np.integer)):  # the symbolic batch
           largest = max(largest, math.prod(shape[1:]))
-      pending.extend(_sub_jaxprs(eqn))
+      sub = tracing_labels.sub_jaxpr(eqn)
+      if sub is not None:
+        pending.append(sub[0])
   return largest
 
 
-def candidate_memory_bytes(network: Network, images_per_device: int) -> int:
-  """A device's memory for scoring one more candidate: its feature maps at the device's share of
-  the batch (``CANDIDATE_MEMORY_FACTOR`` x the largest) and its masked copy of the weights."""
+def candidate_memory_terms(network: Network) -> tuple[float, int]:
+  """Bytes of one candidate's feature maps per image (``CANDIDATE_MEMORY_FACTOR`` x the
+  largest) and of its masked copy of the weights."""
   weights = resources_lib.ResourceModel(network)(network.channel_space().max_config())['params']
-  return int(CANDIDATE_MEMORY_FACTOR * images_per_device * largest_feature_map(network) * 4
-             + weights * 4)
+  return CANDIDATE_MEMORY_FACTOR * largest_feature_map(network) * 4, weights * 4
+
+
+def candidate_memory_bytes(network: Network, images_per_device: int) -> int:
+  """A device's memory for scoring one more candidate at the device's share of the batch."""
+  per_image, weights = candidate_memory_terms(network)
+  return int(images_per_device * per_image + weights)
 
 
 def device_memory_bytes() -> int | None:
@@ -248,17 +246,16 @@ def automatic_chunk_size(network: Network, batch_size: int, num_candidates: int,
     return num_candidates
   num_devices = num_devices or jax.device_count()
   per_device = batch_size // num_devices
-  per_candidate = candidate_memory_bytes(network, per_device)
+  per_image, weights = candidate_memory_terms(network)
+  per_candidate = int(per_device * per_image + weights)
   chunk = int(USABLE_MEMORY * memory // per_candidate)
   if chunk < 1:
-    weights = candidate_memory_bytes(network, 0)
-    per_image = candidate_memory_bytes(network, 1) - weights
     fits = max(0, int((USABLE_MEMORY * memory - weights) // per_image)) * num_devices
     raise ValueError(
         f'search.batch_size {batch_size} on {num_devices} device(s): one candidate needs about '
         f'{per_candidate / 2**30:.1f} GiB of a device\'s memory ({per_device} images x the '
-        f'largest feature map of {largest_feature_map(network):,} values, and a masked copy '
-        f'of the weights), more than the {memory / 2**30:.1f} GiB a '
+        f'largest feature map of {per_image / CANDIDATE_MEMORY_FACTOR / 4:,.0f} values, and a '
+        f'masked copy of the weights), more than the {memory / 2**30:.1f} GiB a '
         f'device has; use search.batch_size <= {fits} or more devices (the BatchNorm batch is '
         f'the global batch, so more devices hold it in smaller shares)')
   return balanced_chunk_size(num_candidates, chunk)

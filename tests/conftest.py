@@ -83,6 +83,10 @@ SHORT_QUICKSTART = ('--config=configs/quickstart.py', '--config.model=mobilenet_
                     '--config.retrain.num_epochs=0.25',
                     '--config.supernet.checkpoint_every_steps=2',
                     '--config.retrain.checkpoint_every_steps=2')
+# The shortened quickstart's schedule alone: for a config file of one's own network (its model
+# and its targets kept).
+SHORT_SCHEDULE = tuple(a for a in SHORT_QUICKSTART if not a.startswith(
+    ('--config=', '--config.model=', '--config.search.targets')))
 
 
 @pytest.fixture(scope='session')

@@ -18,7 +18,7 @@ from autoslim_jax import plain_network
 from autoslim_jax import profile
 from autoslim_jax import resources
 from autoslim_jax import tracing
-from conftest import SHORT_QUICKSTART, run
+from conftest import SHORT_SCHEDULE, run
 from test_plain_network import assert_masked_equals_slim, randomized
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,10 +266,8 @@ def test_ghostnet_shortcut_between_ghost_modules():
 @pytest.mark.parametrize('name', ['preact:preact_resnet', 'ghostnet:ghostnet'])
 def test_whole_pipeline_from_the_command_line(tmp_path, name):
   workdir = tmp_path / 'run'
-  overrides = [a for a in SHORT_QUICKSTART if not a.startswith(('--config=', '--config.model=',
-                                                                 '--config.search.targets'))]
   run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}',
-      f'--config.model={spec(name)}', *overrides)
+      f'--config.model={spec(name)}', *SHORT_SCHEDULE)
   results = json.loads((workdir / 'results.json').read_text())
   units = CORPUS[name][1]
   assert results['model'] == spec(name) and results['units'] == list(units)

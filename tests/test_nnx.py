@@ -21,7 +21,7 @@ from autoslim_jax import models
 from autoslim_jax import plain_network
 from autoslim_jax import resources
 from autoslim_jax import tracing
-from conftest import SHORT_QUICKSTART, run
+from conftest import SHORT_SCHEDULE, run
 from test_plain_network import assert_masked_equals_slim, random_configs, randomized
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -150,9 +150,7 @@ def test_layers_the_package_cannot_handle_are_refused_naming_them(name, message)
 
 def test_whole_pipeline_from_the_command_line(tmp_path):
   workdir = tmp_path / 'run'
-  overrides = [a for a in SHORT_QUICKSTART if not a.startswith(('--config=', '--config.model=',
-                                                                 '--config.search.targets'))]
-  run('autoslim_jax.main', f'--config={NETWORKS}', f'--workdir={workdir}', *overrides)
+  run('autoslim_jax.main', f'--config={NETWORKS}', f'--workdir={workdir}', *SHORT_SCHEDULE)
   results = json.loads((workdir / 'results.json').read_text())
   assert results['model'] == NNX_CNN and results['units'] == list(UNITS)
   (target,) = results['targets']

@@ -20,7 +20,7 @@ from autoslim_jax import models
 from autoslim_jax import plain_network
 from autoslim_jax import resources
 from autoslim_jax import steps
-from conftest import SHORT_QUICKSTART, run
+from conftest import SHORT_SCHEDULE, run
 from test_plain_network import randomized
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,9 +117,8 @@ def test_fixed_units_keep_their_max_width_everywhere():
 
 def test_whole_pipeline_from_the_command_line(tmp_path):
   workdir = tmp_path / 'run'
-  overrides = [a for a in SHORT_QUICKSTART if not a.startswith(('--config=', '--config.model=',
-                                                                 '--config.search.targets'))]
-  run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}', *overrides,
+  run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}',
+      *SHORT_SCHEDULE,
       "--config.fixed_units=('expand',)")
   results = json.loads((workdir / 'results.json').read_text())
   assert results['model'] == PLAIN_CNN and results['units'] == list(UNITS)
