@@ -11,6 +11,7 @@ import ml_collections
 
 from autoslim_jax import models
 from autoslim_jax import published
+from autoslim_jax import training_mode
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -22,6 +23,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   # its arguments. width_mult is the supernet's max width: 1.5x for the mobile nets in the paper.
   config.model = 'mobilenet_v2'
   config.model_kwargs = ml_collections.ConfigDict(dict(layout='imagenet', width_mult=1.5))
+  # A plain Flax module's argument that switches it between training and inference mode: ''
+  # finds it by name (train, training, is_training, deterministic), 'NAME' is True in training
+  # ('is_train'), 'not NAME' True in inference ('not eval_mode').
+  config.mode_argument = ''
 
   # Channel groups per unit (G) and the narrowest width, as a multiplier of the 1.0x network:
   # k_min = G * min_width / max width must be whole (the narrowest choice is exactly min_width):
@@ -213,6 +218,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if key not in parameters:
       raise ValueError(f'config.model_kwargs.{key} is not an argument of {config.model}; valid: '
                        f'{sorted(parameters)}')
+  training_mode.parse_mode_argument(config.mode_argument)
   stages = parse_stages(config.stages)
   if config.retrain.published:
     for name in config.retrain.published:

@@ -95,6 +95,7 @@ def save_slim(directory: str, network: Network, model_kwargs: Mapping[str, Any],
   description = {
       'model': network.name,
       'model_kwargs': dict(model_kwargs),
+      'mode_argument': network.mode_argument,
       'channels': network.channel_space().validate(config),
       'resources': ResourceModel(network)(config),
       **(extra or {}),
@@ -107,13 +108,19 @@ def save_slim(directory: str, network: Network, model_kwargs: Mapping[str, Any],
                      json.dumps(description, indent=1).encode())
 
 
+def network_mode_argument(description: Mapping[str, Any]) -> str:
+  """The ``mode_argument`` of a ``model.json`` (written since 2026-12-07; '' before)."""
+  return description.get('mode_argument', '')
+
+
 def load_slim(directory: str) -> tuple[nn.Module, dict, dict]:
   """Reads ``save_slim``'s directory: (slim module, variables, description)."""
   model_path = os.path.join(directory, MODEL_FILE)
   if not files.exists(model_path):
     raise FileNotFoundError(f'no exported network in {directory!r}: {MODEL_FILE} is missing')
   description = files.read_json(model_path)
-  network = models.create_network(description['model'], **description['model_kwargs'])
+  network = models.create_network(description['model'], network_mode_argument(description),
+                                  **description['model_kwargs'])
   slim_vars = flax.serialization.msgpack_restore(
       files.read_bytes(os.path.join(directory, VARIABLES_FILE)))
   return network.slim_module(description['channels']), slim_vars, description

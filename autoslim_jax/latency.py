@@ -71,10 +71,12 @@ class LatencyMeter:
     repeats: timed calls; ``measure`` returns their median.
     backend: ``jax`` or ``onnxruntime`` (``BACKENDS``).
     threads: the CPUs the worker is pinned to, onnxruntime's intra-op threads (jax: 1).
+    mode_argument: a plain module's ``config.mode_argument`` (``models.create_network``).
   """
 
   def __init__(self, model: str, model_kwargs: Mapping[str, Any] | None = None,
-               warmup: int = 5, repeats: int = 20, backend: str = 'jax', threads: int = 1):
+               warmup: int = 5, repeats: int = 20, backend: str = 'jax', threads: int = 1,
+               mode_argument: str = ''):
     check_backend(backend, threads)
     if not isinstance(warmup, int) or warmup < 0:
       raise ValueError(f'warmup must be an integer >= 0, got {warmup!r}')
@@ -82,6 +84,7 @@ class LatencyMeter:
       raise ValueError(f'repeats must be an integer >= 1, got {repeats!r}')
     self.model = model
     self.model_kwargs = dict(model_kwargs or {})
+    self.mode_argument = mode_argument
     try:
       _to_json(self.model_kwargs)
     except TypeError as e:
@@ -124,6 +127,7 @@ class LatencyMeter:
         env=worker_environment())
     try:
       self.worker_info = self._request(dict(model=self.model, model_kwargs=self.model_kwargs,
+                                            mode_argument=self.mode_argument,
                                             backend=self.backend, threads=self.threads))
     except ValueError:
       self.close()  # the network cannot be built: nothing more this worker can do
@@ -186,9 +190,11 @@ class LatencyMeter:
 
 def measure_latency(model: str, model_kwargs: Mapping[str, Any] | None,
                     configs: Sequence[Mapping[str, int]], warmup: int = 5,
-                    repeats: int = 20, backend: str = 'jax', threads: int = 1) -> list[float]:
+                    repeats: int = 20, backend: str = 'jax', threads: int = 1,
+                    mode_argument: str = '') -> list[float]:
   """Median milliseconds of each config, all measured by one worker."""
-  with LatencyMeter(model, model_kwargs, warmup, repeats, backend, threads) as meter:
+  with LatencyMeter(model, model_kwargs, warmup, repeats, backend, threads,
+                    mode_argument) as meter:
     return [meter.measure(config) for config in configs]
 
 
@@ -285,7 +291,8 @@ def _serve(protocol) -> None:
       request = json.loads(line)
       if network is None:
         try:
-          network = models.create_network(request['model'], **request['model_kwargs'])
+          network = models.create_network(request['model'], request['mode_argument'],
+                                          **request['model_kwargs'])
         except TypeError as e:
           raise ValueError(f'model {request["model"]!r} rejects model_kwargs '
                            f'{request["model_kwargs"]}: {e}') from None

@@ -63,7 +63,7 @@ def build_network(config: ml_collections.ConfigDict, dtype: str = 'float32'):
   elif dtype != 'float32':
     raise ValueError(f'compute_dtype {dtype} needs a dtype argument in the factory of model '
                      f'{config.model!r}; its arguments: {sorted(parameters)}')
-  network = models.create_network(config.model, **kwargs)
+  network = models.create_network(config.model, config.mode_argument, **kwargs)
   network.fix_units(config.fixed_units)
   if not 0 < config.min_width <= network.max_width_mult:
     raise ValueError(f'min_width {config.min_width} must be in (0, max width '
@@ -281,7 +281,7 @@ def supernet_and_search(config, workdir: str, network, training_network, space, 
     cfg = config.search
     with latency_lib.LatencyMeter(network.name, config.model_kwargs.to_dict(),
                                   cfg.latency_warmup, cfg.latency_repeats, cfg.latency_backend,
-                                  cfg.latency_threads) as meter:
+                                  cfg.latency_threads, network.mode_argument) as meter:
       def measure_latency(channels):
         # Hosts time differently: all use the main process's measurement (the others would
         # otherwise take different greedy steps and part ways).

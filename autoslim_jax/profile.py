@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 from absl import app
 from absl import flags
 
+from autoslim_jax import export
 from autoslim_jax import latency as latency_lib
 from autoslim_jax import models
 from autoslim_jax import plain_network
@@ -44,6 +45,9 @@ from autoslim_jax import resources as resources_lib
 _MODEL = flags.DEFINE_string(
     'model', 'mobilenet_v2', f'Network: one of {sorted(models.MODELS)}, or your own as '
     'module:function or path/to/file.py:function.')
+_MODE_ARGUMENT = flags.DEFINE_string(
+    'mode_argument', '', "A plain module's training-mode argument, as config.mode_argument: "
+    "'NAME' (True in training) or 'not NAME' (True in inference); '' finds it by its name.")
 _LAYOUT = flags.DEFINE_string('layout', 'imagenet', 'Network layout: imagenet or cifar.')
 _WIDTH = flags.DEFINE_float('width', None, 'Uniform width multiplier, e.g. 1.0.')
 _CHANNELS = flags.DEFINE_string(
@@ -94,11 +98,11 @@ def config_from_value(network: models.Network, value: Any) -> dict[str, int]:
   raise ValueError(f'channels must be a list or a JSON object, got {type(value).__name__}')
 
 
-def exported_network(value: Any) -> tuple[str, dict[str, Any]] | None:
-  """(model, model_kwargs) of an exported ``model.json``'s contents, which describe their own
-  network (a 1-channel 8x8 digits net, say); None for any other channel value."""
+def exported_network(value: Any) -> tuple[str, dict[str, Any], str] | None:
+  """(model, model_kwargs, mode_argument) of an exported ``model.json``'s contents, which
+  describe their own network (a 1-channel 8x8 digits net, say); None for any other value."""
   if isinstance(value, dict) and {'model', 'model_kwargs', 'channels'} <= set(value):
-    return value['model'], dict(value['model_kwargs'])
+    return value['model'], dict(value['model_kwargs']), export.network_mode_argument(value)
   return None
 
 
@@ -107,14 +111,14 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
             image_size: int | None = None, num_classes: int | None = None,
             latency: bool = False, published: str | None = None,
             model_kwargs: Mapping[str, Any] | None = None, latency_backend: str = 'jax',
-            latency_threads: int = 1) -> dict[str, Any]:
+            latency_threads: int = 1, mode_argument: str = '') -> dict[str, Any]:
   """Resources of a uniform width, a channel config (list or dict) or a published AutoSlim
   network (``published``, e.g. '305M'), as a JSON-able dict.
 
   ``model_kwargs`` builds the network with exactly these arguments (an export's), in place of
   ``layout``, ``max_width``, ``image_size`` and ``num_classes``. ``latency`` adds
   ``latency_ms``, measured (``latency.LatencyMeter``, in ``latency_backend`` with
-  ``latency_threads``) rather than counted.
+  ``latency_threads``) rather than counted. ``mode_argument``: ``config.mode_argument``.
   """
   if latency:
     latency_lib.check_backend(latency_backend, latency_threads)
@@ -127,12 +131,12 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
       max_width = published_lib.SUPERNET_WIDTH[model]
   if model_kwargs is not None:
     kwargs = dict(model_kwargs)
-    network = models.create_network(model, **kwargs)
+    network = models.create_network(model, mode_argument, **kwargs)
     max_width = network.max_width_mult
   else:
     kwargs = factory_kwargs(model, layout=layout, image_size=image_size,
                             num_classes=num_classes)
-    network = models.create_network(model, **kwargs)
+    network = models.create_network(model, mode_argument, **kwargs)
   wanted_max = max_width if max_width is not None else max(width or 0, network.max_width_mult)
   if wanted_max != network.max_width_mult:
     if (isinstance(network, plain_network.PlainNetwork)
@@ -141,7 +145,7 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
                        f'plain module, or a factory without width_mult); a width or --max_width '
                        f'of {wanted_max} is above it')
     kwargs['width_mult'] = wanted_max
-    network = models.create_network(model, **kwargs)
+    network = models.create_network(model, mode_argument, **kwargs)
   if width is not None:
     config = network.uniform_config(width)
   else:
@@ -159,7 +163,7 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
   }
   if latency:
     with latency_lib.LatencyMeter(model, kwargs, backend=latency_backend,
-                                  threads=latency_threads) as meter:
+                                  threads=latency_threads, mode_argument=mode_argument) as meter:
       result['latency_ms'] = meter.measure(config)
     result['latency_backend'] = latency_backend
     result['latency_threads'] = latency_threads
@@ -227,13 +231,14 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
     channels = None if _CHANNELS.value is None else read_channels(_CHANNELS.value)
-    model, model_kwargs = _MODEL.value, None
+    model, model_kwargs, mode_argument = _MODEL.value, None, _MODE_ARGUMENT.value
     exported = exported_network(channels)
     if exported is not None and not flags.FLAGS['model'].present:
-      model, model_kwargs = exported  # an export's model.json: the network it describes
+      # An export's model.json: the network it describes.
+      model, model_kwargs, mode_argument = exported
     result = profile(model, _LAYOUT.value, _WIDTH.value, channels, _MAX_WIDTH.value,
                      _IMAGE_SIZE.value, _NUM_CLASSES.value, _LATENCY.value, _PUBLISHED.value,
-                     model_kwargs, _LATENCY_BACKEND.value, _LATENCY_THREADS.value)
+                     model_kwargs, _LATENCY_BACKEND.value, _LATENCY_THREADS.value, mode_argument)
   except (ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

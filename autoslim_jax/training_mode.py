@@ -2,8 +2,9 @@
 
 Why: the package trains the supernet with BatchNorm on batch statistics and evaluates, calibrates
 and exports with running statistics, so it must pass a plain module its mode. People name that
-argument ``train``, ``training``, ``is_training`` or ``deterministic`` (True in inference); a
-module called without it keeps whatever its BatchNorms were built with, and with the usual
+argument ``train``, ``training``, ``is_training`` or ``deterministic`` (True in inference), or
+any name the config gives (``config.mode_argument``: ``GivenModeArgument``); a module called
+without it keeps whatever its BatchNorms were built with, and with the usual
 ``use_running_average=True`` the supernet would train on its initial running averages and never
 update them, silently. ``check_modes`` runs the module once per mode (shapes only, nothing
 computed) and refuses, before anything trains, each layer that would not follow the mode or
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import keyword
 from typing import Any, Sequence
 
 import flax
@@ -39,13 +41,70 @@ MODE_ARGUMENTS = (ModeArgument('train', False), ModeArgument('training', False),
 MODE_NAMES = ', '.join(m.name for m in MODE_ARGUMENTS)
 
 
+def parse_mode_argument(spec: str) -> ModeArgument | None:
+  """``config.mode_argument``: '' (found by its name), 'NAME' (True in training mode) or
+  'not NAME' (True in inference mode, as ``deterministic``)."""
+  words = spec.split()
+  if not words:
+    return None
+  inverted = words[0] == 'not'
+  if len(words) != 1 + inverted or not words[-1].isidentifier() or keyword.iskeyword(words[-1]):
+    raise ValueError(f'mode_argument {spec!r}: give the name of the argument of __call__ that '
+                     "is True in training mode ('is_train'), 'not NAME' for one that is True in "
+                     "inference mode ('not eval_mode'), or '' to find it by its name (one of "
+                     f'{MODE_NAMES})')
+  return ModeArgument(words[-1], inverted)
+
+
+def call_mode_arguments(function, given: ModeArgument | None = None
+                        ) -> tuple[ModeArgument, ...]:
+  """The mode arguments ``function`` (a ``__call__``) takes: ``given``, which it must take, or
+  those of ``MODE_ARGUMENTS`` it takes (usually one, or none)."""
+  try:
+    parameters = inspect.signature(function).parameters
+  except (TypeError, ValueError):
+    parameters = {}
+  if given is None:
+    return tuple(m for m in MODE_ARGUMENTS if m.name in parameters)
+  if given.name not in parameters and not any(
+      p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    names = [n for n in parameters if n != 'self']
+    raise ValueError(f'mode_argument {given.name!r}: {function.__qualname__} takes no argument '
+                     f'{given.name!r} (it takes {names})')
+  return (given,)
+
+
+class GivenModeArgument(nn.Module):
+  """A plain module whose mode argument the config names (``config.mode_argument``), called with
+  its arguments unchanged. It shares the module's scope: variables, layer paths and unit names
+  are the module's own. ``with_mode_argument`` names the class after the module's."""
+  module: nn.Module
+  mode_argument: ModeArgument
+
+  def setup(self):
+    nn.share_scope(self, self.module)
+
+  def __call__(self, *args, **kwargs):
+    return self.module(*args, **kwargs)
+
+
+def with_mode_argument(module: nn.Module, given: ModeArgument) -> GivenModeArgument:
+  """``module`` switched by the argument ``given`` (refused when its ``__call__`` lacks it)."""
+  call_mode_arguments(type(module).__call__, given)
+  name = type(module).__name__  # as errors and the network's description say it
+  if name not in _GIVEN_CLASSES:
+    _GIVEN_CLASSES[name] = type(name, (GivenModeArgument,), {'__module__': __name__})
+  return _GIVEN_CLASSES[name](module, given)
+
+
+_GIVEN_CLASSES: dict[str, type] = {}
+
+
 def mode_arguments(module: nn.Module) -> tuple[ModeArgument, ...]:
   """The mode arguments the module's ``__call__`` takes (usually one, or none)."""
-  try:
-    parameters = inspect.signature(type(module).__call__).parameters
-  except (TypeError, ValueError):
-    return ()
-  return tuple(m for m in MODE_ARGUMENTS if m.name in parameters)
+  if isinstance(module, GivenModeArgument):
+    return (module.mode_argument,)
+  return call_mode_arguments(type(module).__call__)
 
 
 def mode_kwargs(module: nn.Module, train: bool) -> dict[str, bool]:
@@ -105,10 +164,14 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
         if bool(running) == train:
           mode = 'training' if train else 'inference'
           uses = 'its running averages' if train else 'batch statistics'
+          another = ('' if isinstance(module, GivenModeArgument) else
+                     "; if __call__ takes the mode under another name, give it as "
+                     "config.mode_argument ('NAME', or 'not NAME' for one True in inference)")
           raise tracing.TracingError(
               f'{_layer(layer)}: this BatchNorm normalises with {uses} in {mode} mode '
               f'({how(train)}); its use_running_average '
-              f'must follow the mode, e.g. nn.BatchNorm(use_running_average=not train)')
+              f'must follow the mode, e.g. nn.BatchNorm(use_running_average=not train)'
+              + another)
       if isinstance(layer, nn.Dropout) and train and layer.rate > 0:
         call = _argument(args, kwargs, 1, 'deterministic')
         if not (layer.deterministic if call is None else call):

@@ -37,6 +37,20 @@ class DeterministicArgument(nn.Module):
     return _head(x, self.num_classes)
 
 
+class EvalModeArgument(nn.Module):
+  """A mode argument under a name of the author's own, True in inference: found only when the
+  config names it (``config.mode_argument = 'not eval_mode'``)."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, eval_mode: bool = True):
+    x = nn.Conv(16, (3, 3), use_bias=False, name='conv1')(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=eval_mode, name='bn1')(x))
+    y = nn.Conv(16, (3, 3), use_bias=False, name='conv2')(x)
+    x = x + nn.BatchNorm(use_running_average=eval_mode, name='bn2')(y)
+    return _head(nn.relu(x), self.num_classes)
+
+
 class NoModeArgument(nn.Module):
   """BatchNorm fixed in inference mode and no way to switch it: the supernet would train on its
   initial running averages."""
@@ -91,6 +105,7 @@ def _factory(cls):
 
 training_argument = _factory(TrainingArgument)
 deterministic_argument = _factory(DeterministicArgument)
+eval_mode_argument = _factory(EvalModeArgument)
 no_mode_argument = _factory(NoModeArgument)
 pmap_batchnorm = _factory(PmapBatchNorm)
 with_dropout = _factory(WithDropout)

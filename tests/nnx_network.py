@@ -83,6 +83,20 @@ def train_argument(image_size=8, in_channels=1, num_classes=10):
   return TrainArgument(in_channels, num_classes, rngs=nnx.Rngs(0))
 
 
+class EvalModeArgument(TrainArgument):
+  """A call argument of the author's own name, True in inference (``mode_argument='not
+  eval_mode'``)."""
+
+  def __call__(self, x, eval_mode: bool = True):  # pylint: disable=arguments-renamed
+    x = nnx.relu(self.bn1(self.conv1(x), use_running_average=eval_mode))
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def eval_mode_argument(image_size=8, in_channels=1, num_classes=10):
+  del image_size
+  return EvalModeArgument(in_channels, num_classes, rngs=nnx.Rngs(0))
+
+
 class LinenBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):

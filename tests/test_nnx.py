@@ -31,8 +31,8 @@ UNITS = {'stem': 16, 'block/conv1': 16, 'down': 32}
 NARROW = {'stem': 8, 'block/conv1': 4, 'down': 16}
 
 
-def network(name='nnx_cnn'):
-  return models.create_network(f'{NETWORKS}:{name}', image_size=8, in_channels=1)
+def network(name='nnx_cnn', mode_argument=''):
+  return models.create_network(f'{NETWORKS}:{name}', mode_argument, image_size=8, in_channels=1)
 
 
 def images(batch=4, seed=1):
@@ -117,13 +117,14 @@ def test_masked_supernet_equals_slim_networks_in_both_modes():
   assert_masked_equals_slim(net.module, net.traced, variables, configs, x, (False, True))
 
 
-@pytest.mark.parametrize('name, norm, unit', [('nnx_cnn', 'stem_bn', 'stem'),
-                                              ('train_argument', 'bn1', 'conv1')])
-def test_batchnorm_running_statistics_move_in_training_mode(name, norm, unit):
-  """train() (or a train argument of __call__) puts the NNX BatchNorms on batch statistics: the
-  running averages of the active channels move, the inactive ones' stay; eval() reads them
-  (logits independent of the batch)."""
-  net = network(name)
+@pytest.mark.parametrize('name, norm, unit, mode_argument', [
+    ('nnx_cnn', 'stem_bn', 'stem', ''), ('train_argument', 'bn1', 'conv1', ''),
+    ('eval_mode_argument', 'bn1', 'conv1', 'not eval_mode')])
+def test_batchnorm_running_statistics_move_in_training_mode(name, norm, unit, mode_argument):
+  """train() (or a train argument of __call__, or the one config.mode_argument names) puts the
+  NNX BatchNorms on batch statistics: the running averages of the active channels move, the
+  inactive ones' stay; eval() reads them (logits independent of the batch)."""
+  net = network(name, mode_argument)
   supernet = net.supernet()
   config = dict(net.max_widths, **{unit: 8})
   x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1)) * 3 + 1
@@ -146,6 +147,15 @@ def test_batchnorm_running_statistics_move_in_training_mode(name, norm, unit):
 def test_layers_the_package_cannot_handle_are_refused_naming_them(name, message):
   with pytest.raises(tracing.TracingError, match=message):
     network(name)
+
+
+def test_a_mode_argument_of_another_name_is_refused_unless_the_config_names_it():
+  with pytest.raises(tracing.TracingError, match=r"bn1: this BatchNorm normalises with its "
+                     r"running averages in training mode .*config.mode_argument"):
+    network('eval_mode_argument')
+  with pytest.raises(ValueError, match=r"mode_argument 'eval_mod': EvalModeArgument.__call__ "
+                     r"takes no argument 'eval_mod' \(it takes \['x', 'eval_mode'\]\)"):
+    network('eval_mode_argument', 'not eval_mod')
 
 
 def test_whole_pipeline_from_the_command_line(tmp_path):

@@ -19,6 +19,7 @@ from typing import Callable
 
 import flax.linen as nn
 
+from autoslim_jax import training_mode
 from autoslim_jax.models.base import LayerRecord, Network, trace_layers
 from autoslim_jax.models.mnasnet import mnasnet
 from autoslim_jax.models.mobilenet_v1 import mobilenet_v1
@@ -86,14 +87,17 @@ def factory_parameters(name: str) -> tuple[str, ...]:
 PLAIN_INPUT_ARGUMENTS = ('image_size', 'in_channels')
 
 
-def create_network(name: str, **kwargs) -> Network:
+def create_network(name: str, mode_argument: str = '', **kwargs) -> Network:
   """Builds network ``name`` (registered or ``'module:function'``) with its factory's arguments.
 
   A factory may return a plain ``flax.linen`` module (at its max widths) instead of a
   ``Network``, or a ``flax.nnx`` module (wrapped as a linen one: ``nnx_modules``): it is
   traced (``plain_network.PlainNetwork``) on images of the shape its ``image_size`` and
-  ``in_channels`` arguments give (from ``kwargs`` or their defaults).
+  ``in_channels`` arguments give (from ``kwargs`` or their defaults). ``mode_argument``
+  (``config.mode_argument``) names the argument of such a module's ``__call__`` that switches
+  it between training and inference (``training_mode``); '' finds it by its usual names.
   """
+  given = training_mode.parse_mode_argument(mode_argument)
   factory = get_factory(name)
   network = factory(**kwargs)
   where, _, function = name.rpartition(':')
@@ -102,13 +106,22 @@ def create_network(name: str, **kwargs) -> Network:
   nnx = sys.modules.get('flax.nnx')  # imported by whoever built an NNX module
   if nnx is not None and isinstance(network, nnx.Module):
     from autoslim_jax import nnx_modules  # pylint: disable=g-import-not-at-top
-    network = nnx_modules.to_linen(network, factory, kwargs)  # then traced as a linen module
+    # Then traced as a linen module.
+    network = nnx_modules.to_linen(network, factory, kwargs, given)
+  elif isinstance(network, nn.Module) and given is not None:
+    network = training_mode.with_mode_argument(network, given)
   if isinstance(network, nn.Module):
     network = _plain_network(name, factory, network, kwargs)
+  elif given is not None:
+    raise ValueError(f'model {name!r}: mode_argument {mode_argument!r} is for a plain flax '
+                     f'module; this model is an autoslim_jax Network, which switches its own '
+                     f"mode (give mode_argument '')")
   if not isinstance(network, Network):
     raise ValueError(f'model {name!r}: the factory returned {type(network).__name__}, not an '
                      'autoslim_jax.models.Network, a flax.linen module or a flax.nnx module')
-  network.name = name  # the name that rebuilds it, e.g. in the latency worker or load_slim
+  # What rebuilds it, e.g. in the latency worker or load_slim.
+  network.name = name
+  network.mode_argument = mode_argument.strip()
   return network
 
 

@@ -89,6 +89,8 @@ class Network:
                official_layout: tuple[str, ...] | None = None, max_width_mult: float = 1.0,
                description: str = ''):
     self.name = name
+    # config.mode_argument of a plain module, which rebuilds it with ``name`` (models).
+    self.mode_argument = ''
     self.build = build
     self.max_widths = dict(max_widths)
     self._width_config = width_config
