@@ -122,10 +122,15 @@ class _Converter:
     return f'{hint}_{self._names}'
 
   def node(self, op: str, inputs: Sequence[str], **attributes) -> str:
-    out = self.fresh(op.lower())
-    self.nodes.append(self.onnx.helper.make_node(op, list(inputs), [out], name=out,
+    return self.nodes_with_outputs(op, inputs, 1, **attributes)[0]
+
+  def nodes_with_outputs(self, op: str, inputs: Sequence[str], count: int, **attributes
+                         ) -> list[str]:
+    """A node of ``count`` outputs (``Split``); their names."""
+    outs = [self.fresh(op.lower()) for _ in range(count)]
+    self.nodes.append(self.onnx.helper.make_node(op, list(inputs), outs, name=outs[0],
                                                  **attributes))
-    return out
+    return outs
 
   def constant(self, array, dtype=None) -> str:
     array = np.asarray(array, dtype)
@@ -200,15 +205,20 @@ class _Converter:
       else:
         single_use = [not isinstance(v, jcore.Literal) and uses.get(v, 0) == 1
                       for v in eqn.invars]
-        outs = [self.equation(eqn, ins, single_use)]
+        out = self.equation(eqn, ins, single_use)
+        outs = out if isinstance(out, list) else [out]
       for v, out in zip(eqn.outvars, outs):
         if not isinstance(v, jcore.DropVar):
           values[v] = out
     return [read(v) for v in jaxpr.outvars]
 
-  def equation(self, eqn, ins: list[_Value], single_use: list[bool]) -> _Value:
+  def equation(self, eqn, ins: list[_Value], single_use: list[bool]
+               ) -> _Value | list[_Value]:
+    """The equation's result (its results: a list, for ``split``)."""
     name = eqn.primitive.name
     out_aval = eqn.outvars[0].aval
+    if name == 'split':
+      return self._split(eqn, ins[0])
     if eqn.primitive.multiple_results:
       raise ConversionError(f'the primitive {name!r} (several results) has no ONNX translation')
     if all(v.const is not None for v in ins):
@@ -517,6 +527,16 @@ class _Converter:
     out = self.node('Concat', [self.tensor(x, nchw) for x in xs], axis=onnx_axis)
     return _Value(ndim, out, nchw=nchw)
 
+  def _split(self, eqn, x) -> list[_Value]:
+    if x.partial:
+      raise ConversionError('split of a broadcast value')
+    axis = eqn.params['axis']
+    nchw = x.ndim == 4 and x.nchw and x.const is None
+    sizes = [int(s) for s in eqn.params['sizes']]
+    outs = self.nodes_with_outputs('Split', [self.tensor(x, nchw), self.int64s(sizes)],
+                                   len(sizes), axis=_NCHW_POSITION[axis] if nchw else axis)
+    return [_Value(x.ndim, out, nchw=nchw) for out in outs]
+
   def _slice(self, eqn, x):
     p = eqn.params
     in_shape = eqn.invars[0].aval.shape
@@ -576,7 +596,7 @@ class _Converter:
 _HANDLED = frozenset(
     'select_n not log1p expm1 rsqrt integer_pow square clamp convert_element_type conv_general_dilated dot_general '
     'reduce_sum reduce_max reduce_min squeeze reshape broadcast_in_dim transpose concatenate '
-    'slice pad reduce_window_max reduce_window_sum'.split())
+    'slice split pad reduce_window_max reduce_window_sum'.split())
 
 
 def _keep_dims(in_shape, shape, dims) -> tuple:

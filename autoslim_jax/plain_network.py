@@ -521,6 +521,7 @@ class PlainNetwork(Network):
                      official_layout=tuple(traced.max_widths) + (channels_lib.CLASSES,),
                      description='plain flax module,')
     self.input_segments = dict(traced.input_segments)
+    self.output_segments = dict(traced.output_segments)
     self.param_axes = traced.param_axes  # resources count the params from the variables
     # One instance, so that whatever is compiled for the supernet is found again.
     self._supernet = MaskedPlainNetwork(module, traced)

@@ -171,11 +171,11 @@ def profile(model: str, layout: str = 'imagenet', width: float | None = None,
     result['channel_num_list'] = network.config_to_list(config)
   # A unit's layers: those writing it (a plain module's units are found by tracing it).
   result['units'] = [dict(unit=unit, channels=config[unit], max=network.max_widths[unit],
-                          layers=['/'.join(l.path) for l in network.layers if l.out_unit == unit])
+                          layers=['/'.join(l.path) for l in network.layers
+                                  if unit in dict(resources_lib.output_segments(network, l))])
                      for unit in network.unit_names]
   result['layers'] = [dict(layer='/'.join(layer.path), kind=layer.kind,
-                           **resources_lib.layer_resources(layer, config,
-                                                           network.input_segments))
+                           **resources_lib.layer_resources(layer, config, network))
                       for layer in network.layers]
   # A plain network's params are counted from its variables: a BatchNorm that follows no layer
   # (pre-activation nets, DenseNet) belongs to no row, so a row of its own keeps the sum.

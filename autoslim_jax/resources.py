@@ -58,8 +58,8 @@ class ResourceModel:
       if layer.kind == 'depthwise':  # one k x k filter per channel: its outputs are its inputs
         pairs = [(one, 1, b, cb) for b, cb in segments]
         outputs = segments
-      else:  # a layer reading a concatenation: one product term per segment
-        outputs = [channels(layer.out_unit, layer.out_channels)]
+      else:  # a layer reading or writing a concatenation: one product term per segment pair
+        outputs = [channels(unit, size) for unit, size in output_segments(network, layer)]
         pairs = [(a, ca, b, cb) for a, ca in segments for b, cb in outputs]
       for a, ca, b, cb in pairs:
         terms['params'].append((a, b, k2 * ca * cb))
@@ -121,14 +121,18 @@ def _input_segments(network: Network, layer: LayerRecord):
   return network.input_segments.get(layer.path, ((layer.in_unit, layer.in_channels),))
 
 
-def layer_resources(layer: LayerRecord, config: Mapping[str, int],
-                    input_segments: Mapping[tuple[str, ...], Sequence] | None = None
+def output_segments(network: Network, layer: LayerRecord):
+  """A layer's output channels as (unit or None, channels) segments."""
+  return network.output_segments.get(layer.path, ((layer.out_unit, layer.out_channels),))
+
+
+def layer_resources(layer: LayerRecord, config: Mapping[str, int], network: Network
                     ) -> dict[str, int]:
-  """MACs and params of one layer under ``config`` (for per-layer tables); ``input_segments``
-  is the network's (``Network.input_segments``), for layers reading a concatenation."""
-  segments = (input_segments or {}).get(layer.path, ((layer.in_unit, layer.in_channels),))
-  cin = sum(size if unit is None else config[unit] for unit, size in segments)
-  cout = layer.out_channels if layer.out_unit is None else config[layer.out_unit]
+  """MACs and params of one layer of ``network`` under ``config`` (for per-layer tables)."""
+  def channels(segments):
+    return sum(size if unit is None else config[unit] for unit, size in segments)
+  cin = channels(_input_segments(network, layer))
+  cout = channels(output_segments(network, layer))
   if layer.kind == 'depthwise':  # its outputs are its inputs (a concatenation's segments too)
     cout = cin
   per_output = layer.kernel_size ** 2 * (1 if layer.kind == 'depthwise' else cin)

@@ -12,7 +12,8 @@ a squeeze-and-excite gate, a BatchNorm's statistics and the features they normal
 depthwise conv shares its input, output and kernel channel axes, a plain conv or dense layer
 shares its input channels with its kernel's input axis and *produces* a new channel axis (its
 kernel's output axis). A channel concatenation makes a *composite* axis whose segments are its
-inputs' axes, so a conv reading it is governed by every segment's unit.
+inputs' axes, so a conv reading it is governed by every segment's unit; a layer whose output
+joins a concatenation, or is split into pieces (``jnp.split``), writes each segment's unit.
 
 A unit is a class of labels that contains a produced axis and is not fixed; fixed are every
 axis of the input images (their channels) and of the outputs (the classes). What the analysis
@@ -82,6 +83,8 @@ class TracedNetwork:
   ``(unit or None, channels)`` segments; its ``LayerRecord.in_unit`` is then ``None`` (the
   record format has one input unit) and ``resources.ResourceModel`` counts its input channels
   from the segments (``Network.input_segments``).
+  ``output_segments``: the same for a layer whose output channels are several units' (added to
+  a concatenation, or split into pieces): ``LayerRecord.out_unit`` is then ``None``.
   ``logits_index``: which element of a tuple output is the logits (None: the output is one array).
   ``num_classes``: the logits' last axis.
   ``param_axes``: every variable of the ``params`` collection as its axes of size > 1, each as
@@ -96,6 +99,8 @@ class TracedNetwork:
   logits_index: int | None
   num_classes: int
   param_axes: tuple[tuple[Path, tuple[tuple[tuple[str | None, int], ...], ...]], ...] = ()
+  output_segments: Mapping[Path, tuple[tuple[str | None, int], ...]] = dataclasses.field(
+      default_factory=dict)
 
   @property
   def max_widths(self) -> dict[str, int]:
@@ -112,6 +117,7 @@ class TracedNetwork:
                       tuple(self.input_shape), self.num_classes)
     network.__dict__['layers'] = self.layers  # fills the cached property: nothing to re-trace
     network.input_segments = dict(self.input_segments)
+    network.output_segments = dict(self.output_segments)
     network.param_axes = self.param_axes
     return network
 
@@ -201,19 +207,22 @@ def _resolve(tracer: _Tracer, var_labels, output_labels):
             labels.classes[seg].fixed = cls.fixed
             changed = True
 
+  # A layer whose output channels are a concatenation's (joined with one: GhostNet's first
+  # shortcut; or split into pieces: ShuffleNet's channel split) writes each segment's unit: its
+  # kernel's output axis is masked and sliced segment by segment, as a kernel reading a
+  # concatenation is on its input axis.
+  for root, cls in labels.classes.items():
+    if cls.producers and cls.segments is not None and not cls.fixed:
+      for atom, _ in labels.flat_segments(root):
+        if atom is not None:
+          labels.classes[atom].producers = sorted(set(labels.classes[atom].producers)
+                                                  | set(cls.producers))
+
   def is_unit(root):
     cls = labels.classes[root]
     return bool(cls.producers) and not cls.fixed and cls.segments is None
 
   for root, cls in labels.classes.items():
-    if cls.producers and cls.segments is not None and not cls.fixed:
-      layer = tracer.layers[cls.producers[0]]
-      raise TracingError(f'layer {join(layer.path)}: its output channels are joined (added or '
-                         'multiplied) with a channel concatenation, e.g. a residual from a plain '
-                         'layer to a GhostNet or DenseNet block; not supported: one layer\'s '
-                         'channels cannot be slimmed as the concatenation\'s segments (join '
-                         'concatenations with concatenations, or project the shortcut with a conv '
-                         'that reads the concatenation)')
     if is_unit(root) and cls.nonchannel:
       layer = tracer.layers[cls.producers[0]]
       raise TracingError(f'layer {join(layer.path)}: its output channels meet {cls.nonchannel}; '
@@ -229,7 +238,7 @@ def _resolve(tracer: _Tracer, var_labels, output_labels):
   names = {}
   for root in roots:
     layer = tracer.layers[labels.classes[root].producers[0]]
-    name = join(layer.path)
+    name = join(layer.path) + _piece(labels, layer.out_label, root, is_unit)
     names[root] = name if name not in names.values() else f'{name}#{len(names)}'
 
   for event in tracer.events:
@@ -272,7 +281,7 @@ def _resolve(tracer: _Tracer, var_labels, output_labels):
     root = labels.find(label)
     return names.get(root) if labels.classes[root].segments is None else None
 
-  records, segments = [], {}
+  records, segments, output_segments = [], {}, {}
   for layer in tracer.layers:
     records.append(LayerRecord(
         path=layer.path, kind=layer.kind, kernel_size=layer.kernel_size,
@@ -283,7 +292,26 @@ def _resolve(tracer: _Tracer, var_labels, output_labels):
     if layer.in_label is not None and labels.info(layer.in_label).segments is not None:
       segments[layer.path] = tuple((names.get(s), size)
                                    for s, size in labels.flat_segments(layer.in_label))
-  return units, tuple(records), segments, tuple(param_axes)
+    if layer.out_label is not None and labels.info(layer.out_label).segments is not None:
+      output_segments[layer.path] = tuple((names.get(s), size)
+                                          for s, size in labels.flat_segments(layer.out_label))
+  return units, tuple(records), segments, tuple(param_axes), output_segments
+
+
+def _piece(labels: Labels, out_label, root, is_unit) -> str:
+  """'[start:stop]' of unit ``root`` in a layer output written by several units (its first
+  segment), so that the pieces of one layer are told apart; '' otherwise."""
+  if out_label is None or labels.info(out_label).segments is None:
+    return ''
+  pieces = labels.flat_segments(out_label)
+  if len({atom for atom, _ in pieces if atom is not None and is_unit(atom)}) < 2:
+    return ''
+  start = 0
+  for atom, size in pieces:
+    if atom == root:
+      return f'[{start}:{start + size}]'
+    start += size
+  return ''
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,6 +384,6 @@ def trace_network(module: nn.Module, input_shape: Sequence[int],
       tracer.labels.info(label).fixed = 'the input images'
   outs, _ = tracer.run(closed.jaxpr, var_labels + [image_labels],
                        list(variable_paths) + [None], '')
-  units, records, segments, param_axes = _resolve(tracer, var_labels, outs)
+  units, records, segments, param_axes, output_segments = _resolve(tracer, var_labels, outs)
   return TracedNetwork(units, records, segments, tuple(input_shape), logits_index,
-                       logits.shape[-1], param_axes)
+                       logits.shape[-1], param_axes, output_segments)

@@ -312,13 +312,22 @@ class Rules:
 
   def split(self, labels, shape, out_shapes, axis, where):
     """``jnp.split``: the other axes are kept. A channel concatenation split at its segments'
-    boundaries gives back the segments; any other split of a unit's channels is refused (the
-    active channels of a slimmed unit lead its axis, so its pieces would not be the slim
-    network's)."""
+    boundaries gives back the segments. An axis that is no concatenation (one layer's channels,
+    ShuffleNet's channel split) becomes one of fresh pieces: each piece is then a unit of its
+    own, which the layers writing the axis write segment by segment (``tracing._resolve``). Any
+    other split of a unit's channels is refused (the active channels of a slimmed unit lead its
+    axis, so its pieces would not be the slim network's)."""
     sizes = [s[axis] for s in out_shapes]
     outs = [[l if i != axis else None for i, l in enumerate(labels)] for _ in out_shapes]
     label = labels[axis]
     pieces = self.labels.flat_segments(label) if label is not None else []
+    whole = self.labels.info(label) if label is not None else None
+    if (whole is not None and whole.segments is None and not whole.fixed
+        and not whole.nonchannel):
+      for out, size in zip(outs, sizes):
+        out[axis] = self.labels.new(size)
+      whole.segments = [(out[axis], size) for out, size in zip(outs, sizes)]
+      return outs
     groups, start = [], 0
     for size in sizes:  # the segments each output takes, if the split is at their boundaries
       total, group = 0, []

@@ -1,8 +1,9 @@
 """Corpus: GhostNet-style modules: a primary 1x1 conv, a cheap depthwise conv on its output, the
 two concatenated; a depthwise conv downsamples the concatenation, and the head splits the last
 module's output into its primary and cheap halves (``jnp.split`` along channels), pooled two
-ways. Variants with GhostNet's identity shortcuts: around a ghost module (supported) and from a
-plain conv to a ghost module (refused: tests/test_corpus.py)."""
+ways. Variants with GhostNet's identity shortcuts: around a ghost module, and from a plain conv
+to a ghost module (GhostNet's first bottleneck: the stem then writes the concatenation's two
+segments, one unit)."""
 
 import functools
 
@@ -56,6 +57,6 @@ def ghostnet_residual(image_size=8, in_channels=1, num_classes=10):
 
 
 def ghostnet_stem_residual(image_size=8, in_channels=1, num_classes=10):
-  """GhostNet's first bottleneck: a plain conv's output plus a ghost module's: refused."""
+  """GhostNet's first bottleneck: a plain conv's output plus a ghost module's."""
   del image_size, in_channels
   return GhostNet(num_classes, residual='stem')

@@ -3,7 +3,7 @@ through the package: the units tracing finds; MACs, params and memory equal to a
 (at max width and at one narrow config); params equal to the size of the Flax params collection
 (max width) and of the slim export's (narrow config); the masked network equal to the slim one
 at the narrow config in training and inference mode; or the exact refusal, naming the layer.
-Two of them run through the whole command-line pipeline (issue 27)."""
+Three of them run through the whole command-line pipeline (issue 27)."""
 
 import json
 import os
@@ -92,6 +92,25 @@ def ghostnet_layers(c):
           dense(2 * q, 10)]  # split into q and q, pooled, concatenated
 
 
+def ghostnet_stem_layers(c):
+  s, q = c['stem'], c['ghost2/Conv_0']
+  return [conv(3, 1, 2 * s, 64), bn(2 * s),  # the stem writes ghost1's concatenation (s, s)
+          conv(1, 2 * s, s, 64), bn(s), depthwise(3, s, 64), bn(s),  # ghost1, plus the stem
+          depthwise(3, 2 * s, 16), bn(2 * s),
+          conv(1, 2 * s, q, 16), bn(q), depthwise(3, q, 16), bn(q),
+          dense(2 * q, 10)]
+
+
+def shufflenet_layers(c):
+  a, b = c['stem[0:8]'], c['stem[8:16]']  # the stem's halves: the first unit splits it
+  u1, d1, u2, d2 = c['unit1/Conv_0'], c['unit1/Conv_2'], c['unit2/Conv_0'], c['unit2/Conv_2']
+  return [conv(3, 1, a + b, 64), bn(a + b),
+          conv(1, b, u1, 64), bn(u1), depthwise(3, u1, 64), bn(u1), conv(1, u1, d1, 64), bn(d1),
+          # unit2 splits unit1's concatenation (a, d1) at its boundary: its right half is d1
+          conv(1, d1, u2, 64), bn(u2), depthwise(3, u2, 64), bn(u2), conv(1, u2, d2, 64), bn(d2),
+          dense(a + d2, 10)]
+
+
 def efficientnet_layers(c):
   s, r1, e2, r2 = c['stem'], c['block1/se/reduce'], c['block2/expand'], c['block2/se/reduce']
   o, e3, r3, h = c['block2/project'], c['block3/expand'], c['block3/se/reduce'], c['head_conv']
@@ -142,6 +161,20 @@ CORPUS = {
         {'stem': 5, 'ghost1/Conv_0': 3, 'ghost2/Conv_0': 10},
         {'macs': 22_336, 'params': 1_226, 'memory': 3_540},
         {'macs': 9_032, 'params': 575, 'memory': 1_705}),
+    'ghostnet:ghostnet_stem_residual': (
+        ghostnet_stem_layers,
+        {'stem': 8, 'ghost2/Conv_0': 16},
+        {'stem': 5, 'ghost2/Conv_0': 10},
+        {'macs': 31_040, 'params': 1_378, 'memory': 4_204},
+        {'macs': 16_520, 'params': 775, 'memory': 2_545}),
+    'shufflenet:shufflenet': (
+        shufflenet_layers,
+        {'stem[0:8]': 8, 'stem[8:16]': 8, 'unit1/Conv_0': 8, 'unit1/Conv_2': 8,
+         'unit2/Conv_0': 8, 'unit2/Conv_2': 8},
+        {'stem[0:8]': 5, 'stem[8:16]': 3, 'unit1/Conv_0': 6, 'unit1/Conv_2': 4,
+         'unit2/Conv_0': 7, 'unit2/Conv_2': 2},
+        {'macs': 34_976, 'params': 842, 'memory': 4_948},
+        {'macs': 17_542, 'params': 433, 'memory': 3_003}),
     'efficientnet:efficientnet': (
         efficientnet_layers,
         {'stem': 8, 'block1/se/reduce': 4, 'block2/expand': 32, 'block2/se/reduce': 4,
@@ -216,10 +249,10 @@ REFUSED = {
         r"\(ConvNeXt.__call__\): reduces over the channel axis of unit 'stem'; the masked "
         r"network would not equal its slim export \(a LayerNorm, GroupNorm or RMSNorm "
         r"normalises each position over its channels.*use BatchNorm\)$"),
-    'ghostnet:ghostnet_stem_residual': (
-        r"^model '.*': layer stem: its output channels are joined \(added or multiplied\) with "
-        r"a channel concatenation, e.g. a residual from a plain layer to a GhostNet or DenseNet "
-        r"block; not supported: .*"),
+    'shufflenet:shufflenet_shuffled': (
+        r"^model '.*': ShuffleNet: reshape at .*corpus_shufflenet.py:\d+:\d+ \(channel_shuffle\): "
+        r"reshapes \(merges or splits\) the channel axis of unit 'stem\[0:8\]'; the masked "
+        r"network would not equal its slim export$"),
     'regnet:regnet': (
         r"^model '.*': RegNetX/stage1/b: conv_general_dilated at .*corpus_regnet.py.*: layer "
         r"stage1/b: grouped conv \(feature_group_count=2, 16 input and 16 output channels\) is "
@@ -263,7 +296,8 @@ def test_ghostnet_shortcut_between_ghost_modules():
 # config with the shortened quickstart's settings).
 
 
-@pytest.mark.parametrize('name', ['preact:preact_resnet', 'ghostnet:ghostnet'])
+@pytest.mark.parametrize('name', ['preact:preact_resnet', 'ghostnet:ghostnet_stem_residual',
+                                  'shufflenet:shufflenet'])
 def test_whole_pipeline_from_the_command_line(tmp_path, name):
   workdir = tmp_path / 'run'
   run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}',

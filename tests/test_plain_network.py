@@ -19,7 +19,7 @@ from autoslim_jax import plain_network
 from autoslim_jax import tracing
 from autoslim_jax import training_mode
 from conftest import TINY_ZOO, backend_compiles
-from test_tracing import (ConcatSources, ConcatTwice, ConvBN, PlainMobileNetV1,
+from test_tracing import (AddToConcat, ConcatSources, ConcatTwice, ConvBN, PlainMobileNetV1,
                           PlainMobileNetV2, PlainResNet50, Split, SqueezeExcite, Take,
                           TupleOutput, unit_mapping)
 
@@ -209,7 +209,9 @@ SMALL = {
     'concat_twice_bn': ConcatTwiceBN,
     'concat_sources': ConcatSources,
     'tuple_output': TupleOutput,
-    'split_at_segments': lambda: Split(True),
+    'split_at_segments': lambda: Split('segments'),
+    'split_of_a_layer': lambda: Split('layer'),
+    'add_to_concat': AddToConcat,
     'take_spatial': lambda: Take(1),
 }
 

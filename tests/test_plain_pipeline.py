@@ -61,7 +61,7 @@ def test_concatenation_macs_count_each_segment():
       'head': 16 * 10}
   assert resources.ResourceModel(network)(config)['macs'] == sum(hand.values()) == 134304
   fuse = next(l for l in network.layers if l.path == ('fuse',))
-  assert resources.layer_resources(fuse, config, network.input_segments)['macs'] == hand['fuse']
+  assert resources.layer_resources(fuse, config, network)['macs'] == hand['fuse']
 
 
 def test_export_save_load_and_retrain_init(tmp_path):

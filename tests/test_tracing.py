@@ -424,9 +424,20 @@ class AddToConcat(nn.Module):
     return nn.Dense(3)(jnp.mean(y, axis=(1, 2)))
 
 
-def test_layer_added_to_a_concatenation_is_refused():
-  with pytest.raises(tracing.TracingError, match='layer c: .* joined .* concatenation'):
-    tracing.trace_network(AddToConcat(), (8, 8, 3))
+def test_layer_added_to_a_concatenation_writes_its_segments():
+  """``c`` is added to the concatenation of ``a`` and ``b``: its first 8 channels join unit a,
+  its last 8 unit b (before: refused), and its record's output is those segments."""
+  traced = tracing.trace_network(AddToConcat(), (8, 8, 3))
+  assert {u.name: u.producers for u in traced.units} == {
+      'a': (('a',), ('c',)), 'b': (('b',), ('c',))}
+  assert dict(traced.output_segments) == {('c',): (('a', 8), ('b', 8))}
+  record = {r.path: r for r in traced.layers}[('c',)]
+  assert (record.out_unit, record.out_channels) == (None, 16)
+  c_kernel = [(u.name, p.start, p.stop) for u in traced.units for p in u.params
+              if p.path == ('params', 'c', 'kernel')]
+  assert c_kernel == [('a', 0, 8), ('b', 8, 16)]
+  macs = ResourceModel(traced.resource_network())({'a': 3, 'b': 5})['macs']
+  assert macs == 3 * 3 * 64 + 3 * 5 * 64 + 3 * (3 + 5) * 64 + (3 + 5) * 3
 
 
 class UnknownOp(nn.Module):
@@ -522,33 +533,43 @@ def test_unit_names_do_not_depend_on_the_operand_order():
 
 
 class Split(nn.Module):
-  at_segments: bool
+  pieces: str  # 'segments', 'layer' or 'across'
 
   @nn.compact
   def __call__(self, x):
     a = nn.Conv(8, (3, 3), name='a')(x)
-    if self.at_segments:  # the concatenation's pieces again
+    if self.pieces == 'segments':  # the concatenation's pieces again
       b = nn.Conv(4, (3, 3), name='b')(x)
       first, second = jnp.split(jnp.concatenate([a, b], axis=-1), [8], axis=-1)
       y = nn.Conv(6, (1, 1), name='c')(first) + nn.Conv(6, (1, 1), name='d')(second)
-    else:  # halves of one layer's channels
-      first, second = jnp.split(a, 2, axis=-1)
+    elif self.pieces == 'layer':  # one layer's channels, in pieces of 3 and 5
+      first, second = jnp.split(a, [3], axis=-1)
+      y = nn.Conv(6, (1, 1), name='c')(first) + nn.Conv(6, (1, 1), name='d')(second)
+    else:  # a concatenation, not at its segments' boundary
+      b = nn.Conv(4, (3, 3), name='b')(x)
+      first, second = jnp.split(jnp.concatenate([a, b], axis=-1), [6], axis=-1)
       y = first * second
     return nn.Dense(3, name='head')(jnp.mean(y, axis=(1, 2)))
 
 
 def test_split_along_channels():
-  """jnp.split at a concatenation's segment boundaries gives the segments back; a split of one
-  unit's channels is refused as what it is (before: 'applies split, which this analysis does
-  not know')."""
-  traced = tracing.trace_network(Split(True), (8, 8, 3))
+  """jnp.split at a concatenation's segment boundaries gives the segments back; one layer's
+  channels split into pieces make a unit of each piece, which the layer writes (before:
+  refused); a split across a concatenation's segments is refused as what it is."""
+  traced = tracing.trace_network(Split('segments'), (8, 8, 3))
   assert [(r.path, r.in_unit) for r in traced.layers] == [
       (('a',), None), (('b',), None), (('c',), 'a'), (('d',), 'b'), (('head',), 'c')]
+  traced = tracing.trace_network(Split('layer'), (8, 8, 3))
+  assert traced.max_widths == {'a[0:3]': 3, 'a[3:8]': 5, 'c': 6}
+  assert [(r.path, r.in_unit, r.out_unit) for r in traced.layers] == [
+      (('a',), None, None), (('c',), 'a[0:3]', 'c'), (('d',), 'a[3:8]', 'c'),
+      (('head',), 'c', None)]
+  assert dict(traced.output_segments) == {('a',): (('a[0:3]', 3), ('a[3:8]', 5))}
   with pytest.raises(tracing.TracingError,
-                     match=r"Split: split at .*: splits into pieces of \[4, 4\] \(a split is "
+                     match=r"Split: split at .*: splits into pieces of \[6, 6\] \(a split is "
                            r"supported only at the boundaries of a channel concatenation: write "
                            r"one layer per piece instead\) the channel axis of unit 'a'"):
-    tracing.trace_network(Split(False), (8, 8, 3))
+    tracing.trace_network(Split('across'), (8, 8, 3))
 
 
 class Take(nn.Module):

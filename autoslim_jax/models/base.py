@@ -102,6 +102,8 @@ class Network:
     # Layer path -> its input channels as (unit or None, channels) segments, for a layer that
     # reads a channel concatenation (its LayerRecord has one in_unit, None); the zoo has none.
     self.input_segments: dict[tuple[str, ...], tuple[tuple[str | None, int], ...]] = {}
+    # The same for a layer whose output channels are several units' (its out_unit is None).
+    self.output_segments: dict[tuple[str, ...], tuple[tuple[str | None, int], ...]] = {}
     # Units kept at their max width everywhere: never sampled narrower, slimmed or scaled by a
     # uniform width (config.fixed_units; fix_units).
     self.fixed_units: tuple[str, ...] = ()
