@@ -320,7 +320,6 @@ class Rules:
     sizes = [s[axis] for s in out_shapes]
     outs = [[l if i != axis else None for i, l in enumerate(labels)] for _ in out_shapes]
     label = labels[axis]
-    pieces = self.labels.flat_segments(label) if label is not None else []
     whole = self.labels.info(label) if label is not None else None
     if (whole is not None and whole.segments is None and not whole.fixed
         and not whole.nonchannel):
@@ -328,6 +327,7 @@ class Rules:
         out[axis] = self.labels.new(size)
       whole.segments = [(out[axis], size) for out, size in zip(outs, sizes)]
       return outs
+    pieces = self.labels.flat_segments(label) if label is not None else []
     groups, start = [], 0
     for size in sizes:  # the segments each output takes, if the split is at their boundaries
       total, group = 0, []
