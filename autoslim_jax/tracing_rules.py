@@ -174,12 +174,15 @@ def _pad(t, e):
 
 @rule('slice')
 def _slice(t, e):
+  # A range of channels, x[..., a:b], is refused (jnp.split cuts them): with the symbolic batch
+  # of an exported program, jnp writes that slice as a gather with a computed start index.
   p = e.params
   strides = p['strides'] or (1,) * len(e.shapes[0])
   whole = [st == 0 and lim == n and sd == 1 for st, lim, n, sd in
            zip(p['start_indices'], p['limit_indices'], e.shapes[0], strides)]
   return [t.axiswise(e.ins[0], e.shapes[0], e.out_shapes[0], whole, e.where,
-                     'slices the channel axis of')], e.keep
+                     'slices (x[..., a:b]: use jnp.split along channels instead) the channel '
+                     'axis of')], e.keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,45 +313,55 @@ class Rules:
                                     (size,), where)[0])
     return out
 
+  def cut(self, label, sizes) -> list | None:
+    """The axis ``label`` cut into consecutive pieces of ``sizes``: each piece's label (None for
+    a piece of size 0 or 1), or None where it cannot be cut exactly. Boundaries between a
+    concatenation's segments cut there. A boundary inside one layer's channels (an atom of the
+    axis with a producing layer) cuts them into fresh pieces, each a unit of its own that the
+    layer writes segment by segment (``tracing._resolve``): GhostNet's and ShuffleNet's channel
+    splits. A boundary inside any other atom (a fixed, spatial or parameter axis) cannot be cut.
+    """
+    bounds = list(itertools.accumulate(sizes))[:-1]
+    offset = 0
+    for root, n in self.labels.flat_segments(label):
+      inner = sorted({b - offset for b in bounds if offset < b < offset + n})
+      if inner:
+        cls = None if root is None else self.labels.classes[root]
+        if cls is None or not cls.producers or cls.fixed or cls.nonchannel:
+          return None
+        ends = inner + [n]
+        cls.segments = [(self.labels.new(stop - begin), stop - begin)
+                        for begin, stop in zip([0] + inner, ends)]
+      offset += n
+    atoms, out = iter(self.labels.flat_segments(label)), []
+    for size in sizes:
+      total, group = 0, []
+      while total < size:
+        group.append(next(atoms))
+        total += group[-1][1]
+      if len(group) == 1:
+        out.append(group[0][0])
+      else:
+        out.append(self.labels.new(size))
+        if out[-1] is not None:
+          self.labels.info(out[-1]).segments = group
+    return out
+
   def split(self, labels, shape, out_shapes, axis, where):
-    """``jnp.split``: the other axes are kept. A channel concatenation split at its segments'
-    boundaries gives back the segments. An axis that is no concatenation (one layer's channels,
-    ShuffleNet's channel split) becomes one of fresh pieces: each piece is then a unit of its
-    own, which the layers writing the axis write segment by segment (``tracing._resolve``). Any
+    """``jnp.split``: the other axes are kept; the split axis is ``cut`` into the pieces. Any
     other split of a unit's channels is refused (the active channels of a slimmed unit lead its
     axis, so its pieces would not be the slim network's)."""
     sizes = [s[axis] for s in out_shapes]
     outs = [[l if i != axis else None for i, l in enumerate(labels)] for _ in out_shapes]
     label = labels[axis]
-    whole = self.labels.info(label) if label is not None else None
-    if (whole is not None and whole.segments is None and not whole.fixed
-        and not whole.nonchannel):
-      for out, size in zip(outs, sizes):
-        out[axis] = self.labels.new(size)
-      whole.segments = [(out[axis], size) for out, size in zip(outs, sizes)]
-      return outs
-    pieces = self.labels.flat_segments(label) if label is not None else []
-    groups, start = [], 0
-    for size in sizes:  # the segments each output takes, if the split is at their boundaries
-      total, group = 0, []
-      while total < size and start < len(pieces):
-        group.append(pieces[start])
-        total, start = total + pieces[start][1], start + 1
-      groups.append(group if total == size else None)
-    if label is not None and len(pieces) > 1 and all(groups):
-      for out, group in zip(outs, groups):
-        if len(group) == 1 and group[0][0] is not None:
-          out[axis] = group[0][0]
-        else:
-          out[axis] = self.labels.new(sum(n for _, n in group))
-          if out[axis] is not None:
-            self.labels.info(out[axis]).segments = list(group)
-      return outs
-    for out, size in zip(outs, sizes):
-      out[axis] = self.labels.new(size)
-    self.event([label] + [out[axis] for out in outs], where,
-               f'splits into pieces of {sizes} (a split is supported only at the boundaries of '
-               'a channel concatenation: write one layer per piece instead) the channel axis of')
+    pieces = None if label is None else self.cut(label, sizes)
+    for out, size, piece in zip(outs, sizes, pieces or [None] * len(sizes)):
+      out[axis] = piece if pieces is not None else self.labels.new(size)
+    if pieces is None:
+      self.event([label] + [out[axis] for out in outs], where,
+                 f'splits into pieces of {sizes} (inside a part of the axis no layer writes: '
+                 'split a layer\'s channels, or a concatenation at its segments) the channel '
+                 'axis of')
     return outs
 
   def gather(self, eqn, ins, shapes, out_shape, where):

@@ -211,6 +211,7 @@ SMALL = {
     'tuple_output': TupleOutput,
     'split_at_segments': lambda: Split('segments'),
     'split_of_a_layer': lambda: Split('layer'),
+    'split_across_segments': lambda: Split('across'),
     'add_to_concat': AddToConcat,
     'take_spatial': lambda: Take(1),
 }
