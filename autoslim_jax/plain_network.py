@@ -221,6 +221,7 @@ class _Program:
   envs: list
   labels: Any  # tracing_labels.Labels
   unit_of: dict  # label class root -> unit name
+  batch_root: int | None  # the label class of the images' batch axis (None: a batch of 1)
 
 
 def _trace_program(module, traced, images: jax.ShapeDtypeStruct, train: bool, mutable,
@@ -256,23 +257,39 @@ def _trace_program(module, traced, images: jax.ShapeDtypeStruct, train: bool, mu
           unit_of[root] = unit.name
         offset += size
   return _Program(closed.jaxpr, closed.consts, jax.tree_util.tree_structure(out_shapes), paths,
-                  tracer.envs, tracer.labels, unit_of)
+                  tracer.envs, tracer.labels, unit_of,
+                  None if image_labels[0] is None else tracer.labels.find(image_labels[0]))
 
 
 class _Evaluation:
-  """Evaluates a program's jaxprs on slim arrays for one config."""
+  """Evaluates a program's jaxprs on slim arrays for one config and batch size (an inference
+  program traced at a fixed batch serves a symbolic one: the batch axis is a label like the
+  channel axes, so the parameters that carry it are set as theirs are)."""
 
-  def __init__(self, program: _Program, config: Mapping[str, int]):
+  def __init__(self, program: _Program, config: Mapping[str, int], batch):
     self.program = program
     self.config = config
+    self.batch = batch
     self.envs = iter(program.envs)
 
   def size(self, label, size: int) -> int:
     if label is None:
       return size
     pieces = self.program.labels.flat_segments(label)
-    return sum(self.config[self.program.unit_of[root]] if root in self.program.unit_of else n
+    return sum(self.batch if root is not None and root == self.program.batch_root else
+               self.config[self.program.unit_of[root]] if root in self.program.unit_of else n
                for root, n in pieces)
+
+  def offset(self, label, max_offset: int) -> int:
+    """Where entry ``max_offset`` of an axis (the start of one of its segments, or any entry of
+    an axis no unit narrows) is at the slim widths."""
+    slim, offset = 0, 0
+    for root, n in ([] if label is None else self.program.labels.flat_segments(label)):
+      if offset + n > max_offset:
+        break
+      slim += self.size(root, n)
+      offset += n
+    return slim + max_offset - offset
 
   def shape(self, env, v) -> tuple[int, ...] | None:
     labels = env.get(v)
@@ -316,7 +333,13 @@ class _Evaluation:
         sub_jaxpr, sub_consts = sub
         outs = self.run(sub_jaxpr, sub_consts, ins[len(ins) - len(sub_jaxpr.invars):])
       else:
-        outs = eqn.primitive.bind(*_same_varying_axes(ins), **_slim_params(eqn, ins, wants))
+        in_labels = (env.get(eqn.invars[0]) if eqn.primitive.name == 'slice'
+                     and not isinstance(eqn.invars[0], jcore.Literal) else None)
+        starts = None if in_labels is None else tuple(
+            self.offset(label, start)
+            for label, start in zip(in_labels, eqn.params['start_indices']))
+        outs = eqn.primitive.bind(*_same_varying_axes(ins),
+                                  **_slim_params(eqn, ins, wants, starts))
         if not eqn.primitive.multiple_results:
           outs = [outs]
       for v, out, want in zip(eqn.outvars, outs, wants):
@@ -338,8 +361,9 @@ def _same_varying_axes(values):
   return list(values) if cast is None or len(values) < 2 else list(cast(*values))
 
 
-def _slim_params(eqn, ins, wants) -> dict:
-  """The equation's parameters at the slim shapes: the few primitives that carry shapes."""
+def _slim_params(eqn, ins, wants, starts=None) -> dict:
+  """The equation's parameters at the slim shapes: the few primitives that carry shapes.
+  ``starts``: a slice's start indices at the slim widths (``_Evaluation.offset``)."""
   params = dict(eqn.params)
   name = eqn.primitive.name
   want = wants[0] if wants else None
@@ -365,13 +389,21 @@ def _slim_params(eqn, ins, wants) -> dict:
   elif name == 'conv_general_dilated' and params['feature_group_count'] > 1:
     lhs_spec = params['dimension_numbers'].lhs_spec
     params['feature_group_count'] = int(np.shape(ins[0])[lhs_spec[1]])  # depthwise
-  elif name == 'slice':
+  elif name == 'slice':  # a range of channels starts and ends at the slim offsets
     old = eqn.invars[0].aval.shape
     strides = params['strides'] or (1,) * len(old)
-    params['limit_indices'] = tuple(
-        np.shape(ins[0])[i] if start == 0 and limit == old[i] and stride == 1 else limit
-        for i, (start, limit, stride) in enumerate(
-            zip(params['start_indices'], params['limit_indices'], strides)))
+    if starts is not None and want is not None:
+      params['limit_indices'] = tuple(
+          begin + n if stride == 1 else limit
+          for begin, n, limit, stride in zip(starts, want, params['limit_indices'], strides))
+      params['start_indices'] = tuple(
+          begin if stride == 1 else start
+          for begin, start, stride in zip(starts, params['start_indices'], strides))
+    else:
+      params['limit_indices'] = tuple(
+          np.shape(ins[0])[i] if start == 0 and limit == old[i] and stride == 1 else limit
+          for i, (start, limit, stride) in enumerate(
+              zip(params['start_indices'], params['limit_indices'], strides)))
   elif 'shape' in params and tuple(params['shape']) == max_shape:  # broadcast_in_dim, iota, ...
     params['shape'] = want
   return params
@@ -422,11 +454,18 @@ class SlimPlainNetwork:
     return slim_variables(self.traced, {'batch_stats': stats}, self.config)['batch_stats']
 
   def program(self, images, train: bool, mutable, dtypes: dict) -> _Program:
-    key = (tuple(images.shape), str(images.dtype), train, repr(mutable),
+    """The module's program for images of this shape. An exported program's symbolic batch
+    (inference) is traced at a fixed one and evaluated at the symbolic one: traced with it, jnp
+    writes some ops otherwise (``x[..., :c]`` as a gather with a computed start). Training mode
+    is traced at its own batch: BatchNorm divides by the batch's size, a constant there."""
+    shape = tuple(images.shape)
+    if not train and not isinstance(shape[0], (int, np.integer)):
+      shape = (tracing.TRACE_BATCH,) + shape[1:]
+    key = (shape, str(images.dtype), train, repr(mutable),
            tuple(sorted((path, str(dtype)) for path, dtype in dtypes.items())))
     if key not in self._programs:
       self._programs[key] = _trace_program(
-          self.module, self.traced, jax.ShapeDtypeStruct(images.shape, images.dtype), train,
+          self.module, self.traced, jax.ShapeDtypeStruct(shape, images.dtype), train,
           mutable, dtypes)
     return self._programs[key]
 
@@ -445,7 +484,8 @@ class SlimPlainNetwork:
     if missing:
       raise ValueError(f'slim network: variables {["/".join(p) for p in missing]} are missing')
     args = [flat[p] for p in program.variable_paths] + [images]
-    outs = _Evaluation(program, self.config).run(program.jaxpr, program.consts, args)
+    outs = _Evaluation(program, self.config, images.shape[0]).run(program.jaxpr, program.consts,
+                                                                   args)
     result = jax.tree_util.tree_unflatten(program.out_tree, outs)
     if mutable:
       return _logits(self.traced, result[0]), result[1]

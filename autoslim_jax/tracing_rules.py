@@ -174,15 +174,7 @@ def _pad(t, e):
 
 @rule('slice')
 def _slice(t, e):
-  # A range of channels, x[..., a:b], is refused (jnp.split cuts them): with the symbolic batch
-  # of an exported program, jnp writes that slice as a gather with a computed start index.
-  p = e.params
-  strides = p['strides'] or (1,) * len(e.shapes[0])
-  whole = [st == 0 and lim == n and sd == 1 for st, lim, n, sd in
-           zip(p['start_indices'], p['limit_indices'], e.shapes[0], strides)]
-  return [t.axiswise(e.ins[0], e.shapes[0], e.out_shapes[0], whole, e.where,
-                     'slices (x[..., a:b]: use jnp.split along channels instead) the channel '
-                     'axis of')], e.keep
+  return [t.slice(e.ins[0], e.shapes[0], e.out_shapes[0], e.params, e.where)], e.keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,6 +355,28 @@ class Rules:
                  'split a layer\'s channels, or a concatenation at its segments) the channel '
                  'axis of')
     return outs
+
+  def slice(self, labels, shape, out_shape, params, where):
+    """``x[..., a:b]``: an axis taken whole keeps its label; a range of channels (stride 1) is
+    ``cut`` out as ``split`` cuts; anything else (strides, a range inside a part of the axis no
+    layer writes) may not touch a unit's channels."""
+    strides = params['strides'] or (1,) * len(shape)
+    out = []
+    for label, n, m, start, limit, stride in zip(labels, shape, out_shape,
+                                                 params['start_indices'],
+                                                 params['limit_indices'], strides):
+      if start == 0 and limit == n and stride == 1:
+        out.append(label)
+        continue
+      pieces = None
+      if stride == 1 and label is not None:
+        pieces = self.cut(label, [start, limit - start, n - limit])
+      if pieces is not None:
+        out.append(pieces[1])
+      else:
+        out.append(self.labels.new(m))
+        self.event([label, out[-1]], where, 'slices the channel axis of')
+    return out
 
   def gather(self, eqn, ins, shapes, out_shape, where):
     """Indexing (``jnp.take``, fancy indexing): operand axes taken whole pass through to the

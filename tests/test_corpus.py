@@ -132,6 +132,15 @@ def by_hand(layers):
   return {'macs': macs, 'params': params, 'memory': params + maps}
 
 
+# The ShuffleNet's, split with jnp.split or with slices: the same units and counts.
+SHUFFLENET_COUNTS = (
+    {'stem[0:8]': 8, 'stem[8:16]': 8, 'unit1/Conv_0': 8, 'unit1/Conv_2': 8,
+     'unit2/Conv_0': 8, 'unit2/Conv_2': 8},
+    {'stem[0:8]': 5, 'stem[8:16]': 3, 'unit1/Conv_0': 6, 'unit1/Conv_2': 4,
+     'unit2/Conv_0': 7, 'unit2/Conv_2': 2},
+    {'macs': 34_976, 'params': 842, 'memory': 4_948},
+    {'macs': 17_542, 'params': 433, 'memory': 3_003})
+
 # name -> (its layers by hand, the units with their max widths, a narrow config, the counts at
 # max width and at the narrow config, written out).
 CORPUS = {
@@ -167,14 +176,8 @@ CORPUS = {
         {'stem': 5, 'ghost2/Conv_0': 10},
         {'macs': 31_040, 'params': 1_378, 'memory': 4_204},
         {'macs': 16_520, 'params': 775, 'memory': 2_545}),
-    'shufflenet:shufflenet': (
-        shufflenet_layers,
-        {'stem[0:8]': 8, 'stem[8:16]': 8, 'unit1/Conv_0': 8, 'unit1/Conv_2': 8,
-         'unit2/Conv_0': 8, 'unit2/Conv_2': 8},
-        {'stem[0:8]': 5, 'stem[8:16]': 3, 'unit1/Conv_0': 6, 'unit1/Conv_2': 4,
-         'unit2/Conv_0': 7, 'unit2/Conv_2': 2},
-        {'macs': 34_976, 'params': 842, 'memory': 4_948},
-        {'macs': 17_542, 'params': 433, 'memory': 3_003}),
+    'shufflenet:shufflenet': (shufflenet_layers,) + SHUFFLENET_COUNTS,
+    'shufflenet:shufflenet_slices': (shufflenet_layers,) + SHUFFLENET_COUNTS,
     'efficientnet:efficientnet': (
         efficientnet_layers,
         {'stem': 8, 'block1/se/reduce': 4, 'block2/expand': 32, 'block2/se/reduce': 4,

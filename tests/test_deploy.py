@@ -60,8 +60,8 @@ def pooling_net(image_size=12, in_channels=3):
 def _network(name):
   if name == 'plain_cnn':
     return models.create_network('tests/plain_cnn.py:plain_cnn', image_size=8, in_channels=1)
-  if name == 'shufflenet':  # one layer's channels split (tests/corpus_shufflenet.py)
-    return models.create_network('tests/corpus_shufflenet.py:shufflenet', image_size=8,
+  if name.startswith('shufflenet'):  # one layer's channels split (tests/corpus_shufflenet.py)
+    return models.create_network(f'tests/corpus_shufflenet.py:{name}', image_size=8,
                                  in_channels=1)
   if name == 'pooling_net':
     return models.create_network('tests/test_deploy.py:pooling_net', image_size=12,
@@ -99,7 +99,8 @@ def _configs(network):
 
 
 CASES = [(name, which) for name in ZOO for which in ('min', 'mixed')] + [
-    ('plain_cnn', 'min'), ('pooling_net', 'mixed'), ('shufflenet', 'narrow')]
+    ('plain_cnn', 'min'), ('pooling_net', 'mixed'), ('shufflenet', 'narrow'),
+    ('shufflenet_slices', 'narrow')]
 # Below the channel space's choices (multiples of 8): the split pieces at other widths.
 SHUFFLENET_NARROW = {'stem[0:8]': 5, 'stem[8:16]': 3, 'unit1/Conv_0': 6, 'unit1/Conv_2': 4,
                      'unit2/Conv_0': 7, 'unit2/Conv_2': 2}

@@ -212,6 +212,7 @@ SMALL = {
     'split_at_segments': lambda: Split('segments'),
     'split_of_a_layer': lambda: Split('layer'),
     'split_across_segments': lambda: Split('across'),
+    'slices_of_a_layer': lambda: Split('slices'),
     'add_to_concat': AddToConcat,
     'take_spatial': lambda: Take(1),
 }

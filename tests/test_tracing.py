@@ -549,15 +549,18 @@ class Split(nn.Module):
       b = nn.Conv(4, (3, 3), name='b')(x)
       first, second = jnp.split(jnp.concatenate([a, b], axis=-1), [6], axis=-1)
       y = first * second
-    else:  # the halves, written as slices
+    elif self.pieces == 'slices':  # the halves, written as slices
       y = nn.Conv(6, (1, 1), name='c')(a[..., :4]) + nn.Conv(6, (1, 1), name='d')(a[..., 4:])
+    else:  # every other channel
+      y = a[..., ::2]
     return nn.Dense(3, name='head')(jnp.mean(y, axis=(1, 2)))
 
 
 def test_split_along_channels():
   """jnp.split at a concatenation's segment boundaries gives the segments back; one layer's
-  channels split into pieces make a unit of each piece, which the layer writes, inside a
-  concatenation too (before: refused); slices of channels are refused, pointing at jnp.split."""
+  channels split into pieces (by ``jnp.split`` or slices) make a unit of each piece, which the
+  layer writes, inside a concatenation too (before: refused); a strided slice of channels is
+  refused as what it is."""
   traced = tracing.trace_network(Split('segments'), (8, 8, 3))
   assert [(r.path, r.in_unit) for r in traced.layers] == [
       (('a',), None), (('b',), None), (('c',), 'a'), (('d',), 'b'), (('head',), 'c')]
@@ -567,6 +570,8 @@ def test_split_along_channels():
       (('a',), None, None), (('c',), 'a[0:3]', 'c'), (('d',), 'a[3:8]', 'c'),
       (('head',), 'c', None)]
   assert dict(traced.output_segments) == {('a',): (('a[0:3]', 3), ('a[3:8]', 5))}
+  traced = tracing.trace_network(Split('slices'), (8, 8, 3))
+  assert traced.max_widths == {'a[0:4]': 4, 'a[4:8]': 4, 'c': 6}
   # Cut at 6 inside a: first = a[0:6], second = (a[6:8], b); their product joins a[0:6] with
   # that concatenation, so a writes (a[6:8], b, a[6:8]) and b writes b.
   traced = tracing.trace_network(Split('across'), (8, 8, 3))
@@ -574,9 +579,8 @@ def test_split_along_channels():
       'a[0:2]': (('a',),), 'a[2:6]': (('a',), ('b',))}
   assert dict(traced.output_segments)[('a',)] == (('a[0:2]', 2), ('a[2:6]', 4), ('a[0:2]', 2))
   with pytest.raises(tracing.TracingError,
-                     match=r"Split: slice at .*: slices \(x\[..., a:b\]: use jnp.split along "
-                           r"channels instead\) the channel axis of unit 'a'"):
-    tracing.trace_network(Split('slices'), (8, 8, 3))
+                     match=r"Split: slice at .*: slices the channel axis of unit 'a'"):
+    tracing.trace_network(Split('strided'), (8, 8, 3))
 
 
 class Take(nn.Module):
