@@ -300,7 +300,7 @@ def test_ghostnet_shortcut_between_ghost_modules():
 
 
 @pytest.mark.parametrize('name', ['preact:preact_resnet', 'ghostnet:ghostnet_stem_residual',
-                                  'shufflenet:shufflenet'])
+                                  'shufflenet:shufflenet_slices'])
 def test_whole_pipeline_from_the_command_line(tmp_path, name):
   workdir = tmp_path / 'run'
   run('autoslim_jax.main', f'--config={HERE}/plain_cnn.py', f'--workdir={workdir}',
