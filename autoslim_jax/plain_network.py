@@ -333,11 +333,12 @@ class _Evaluation:
         sub_jaxpr, sub_consts = sub
         outs = self.run(sub_jaxpr, sub_consts, ins[len(ins) - len(sub_jaxpr.invars):])
       else:
-        in_labels = (env.get(eqn.invars[0]) if eqn.primitive.name == 'slice'
-                     and not isinstance(eqn.invars[0], jcore.Literal) else None)
-        starts = None if in_labels is None else tuple(
-            self.offset(label, start)
-            for label, start in zip(in_labels, eqn.params['start_indices']))
+        starts = None
+        if eqn.primitive.name == 'slice':  # each axis's start at the slim widths
+          operand = eqn.invars[0]
+          labels = None if isinstance(operand, jcore.Literal) else env.get(operand)
+          starts = tuple(self.offset(label, start) for label, start in zip(
+              labels or [None] * np.ndim(ins[0]), eqn.params['start_indices']))
         outs = eqn.primitive.bind(*_same_varying_axes(ins),
                                   **_slim_params(eqn, ins, wants, starts))
         if not eqn.primitive.multiple_results:
@@ -389,21 +390,14 @@ def _slim_params(eqn, ins, wants, starts=None) -> dict:
   elif name == 'conv_general_dilated' and params['feature_group_count'] > 1:
     lhs_spec = params['dimension_numbers'].lhs_spec
     params['feature_group_count'] = int(np.shape(ins[0])[lhs_spec[1]])  # depthwise
-  elif name == 'slice':  # a range of channels starts and ends at the slim offsets
-    old = eqn.invars[0].aval.shape
-    strides = params['strides'] or (1,) * len(old)
-    if starts is not None and want is not None:
-      params['limit_indices'] = tuple(
-          begin + n if stride == 1 else limit
-          for begin, n, limit, stride in zip(starts, want, params['limit_indices'], strides))
-      params['start_indices'] = tuple(
-          begin if stride == 1 else start
-          for begin, start, stride in zip(starts, params['start_indices'], strides))
-    else:
-      params['limit_indices'] = tuple(
-          np.shape(ins[0])[i] if start == 0 and limit == old[i] and stride == 1 else limit
-          for i, (start, limit, stride) in enumerate(
-              zip(params['start_indices'], params['limit_indices'], strides)))
+  elif name == 'slice' and want is not None:  # ranges start and end at the slim offsets
+    strides = params['strides'] or (1,) * len(want)
+    params['limit_indices'] = tuple(
+        begin + n if stride == 1 else limit
+        for begin, n, limit, stride in zip(starts, want, params['limit_indices'], strides))
+    params['start_indices'] = tuple(
+        begin if stride == 1 else start
+        for begin, start, stride in zip(starts, params['start_indices'], strides))
   elif 'shape' in params and tuple(params['shape']) == max_shape:  # broadcast_in_dim, iota, ...
     params['shape'] = want
   return params

@@ -314,17 +314,18 @@ class Rules:
     splits. A boundary inside any other atom (a fixed, spatial or parameter axis) cannot be cut.
     """
     bounds = list(itertools.accumulate(sizes))[:-1]
-    offset = 0
+    cuts, offset = [], 0  # (atom's class, the cut offsets inside it): checked, then made
     for root, n in self.labels.flat_segments(label):
       inner = sorted({b - offset for b in bounds if offset < b < offset + n})
       if inner:
         cls = None if root is None else self.labels.classes[root]
         if cls is None or not cls.producers or cls.fixed or cls.nonchannel:
           return None
-        ends = inner + [n]
-        cls.segments = [(self.labels.new(stop - begin), stop - begin)
-                        for begin, stop in zip([0] + inner, ends)]
+        cuts.append((cls, [0] + inner + [n]))
       offset += n
+    for cls, ends in cuts:
+      cls.segments = [(self.labels.new(stop - begin), stop - begin)
+                      for begin, stop in zip(ends, ends[1:])]
     atoms, out = iter(self.labels.flat_segments(label)), []
     for size in sizes:
       total, group = 0, []
@@ -347,13 +348,14 @@ class Rules:
     outs = [[l if i != axis else None for i, l in enumerate(labels)] for _ in out_shapes]
     label = labels[axis]
     pieces = None if label is None else self.cut(label, sizes)
-    for out, size, piece in zip(outs, sizes, pieces or [None] * len(sizes)):
-      out[axis] = piece if pieces is not None else self.labels.new(size)
     if pieces is None:
-      self.event([label] + [out[axis] for out in outs], where,
+      pieces = [self.labels.new(size) for size in sizes]
+      self.event([label] + pieces, where,
                  f'splits into pieces of {sizes} (inside a part of the axis no layer writes: '
                  'split a layer\'s channels, or a concatenation at its segments) the channel '
                  'axis of')
+    for out, piece in zip(outs, pieces):
+      out[axis] = piece
     return outs
 
   def slice(self, labels, shape, out_shape, params, where):
