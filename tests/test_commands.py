@@ -187,13 +187,29 @@ KILL_POINTS = (
      lambda log, w: any('tmp' in n for n in _listdir(w / 'supernet' / 'checkpoints')), 0.0),
     ('during the search', lambda log, w: 'search step 1:' in log, 0.3),
     ('during retraining',
-     lambda log, w: any('2' in _listdir(p) for p in w.glob('retrain/**/checkpoints')), 0.3),
+     lambda log, w: any('2' in _listdir(p) for p in _retrain_checkpoint_dirs(w)), 0.3),
     ('during the export', lambda log, w: 'stage export:' in log, 2.0),
 )
 
 
 def _listdir(path):
-  return os.listdir(path) if os.path.isdir(path) else []
+  # The running pipeline creates, renames and deletes these directories while we look.
+  try:
+    return os.listdir(path)
+  except OSError:
+    return []
+
+
+def _retrain_checkpoint_dirs(workdir):
+  """The checkpoint directories under ``workdir/retrain``, not descending into them: orbax
+  renames its temporary directories there while we look (``Path.glob('**')`` raises when one
+  vanishes mid-walk; ``os.walk`` skips it)."""
+  found = []
+  for root, dirs, _ in os.walk(workdir / 'retrain'):
+    if 'checkpoints' in dirs:
+      dirs.remove('checkpoints')
+      found.append(os.path.join(root, 'checkpoints'))
+  return found
 
 
 def _run_until_killed(args, workdir, condition, max_delay, rng):
