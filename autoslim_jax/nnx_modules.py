@@ -75,6 +75,7 @@ class _Source:
   class_name: str
   rebuild: Callable[[jax.Array], Any] | None  # key -> a freshly initialised module
   mode_argument: training_mode.ModeArgument | None  # config.mode_argument, or None: by name
+  call_arguments: tuple[training_mode.ModeArgument, ...]  # what __call__ is given the mode by
 
 
 class _BatchNormCall(nn.BatchNorm):
@@ -227,8 +228,7 @@ class NNXModule(nn.Module):
       model.eval()
     # A module whose __call__ takes a mode argument (train=..., deterministic=..., or the one
     # config.mode_argument names) gets it too.
-    mode = {m.name: m.value(train) for m in training_mode.call_mode_arguments(
-        type(model).__call__, source.mode_argument)}
+    mode = {m.name: m.value(train) for m in source.call_arguments}
     modules = [node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)]
     classes = [type(node) for node in modules]
     previous = getattr(_CURRENT, 'run', None)
@@ -254,8 +254,7 @@ def to_linen(module, factory: Callable | None = None,
   (which built it from ``kwargs``) takes ``rngs``, ``init`` builds the module again with
   ``rngs=nnx.Rngs(key)``: each key gives its own initial weights. ``mode_argument``: an
   argument of its ``__call__`` to pass the mode by, besides ``train()`` / ``eval()``."""
-  if mode_argument is not None:
-    training_mode.call_mode_arguments(type(module).__call__, mode_argument)  # it must take it
+  call_arguments = training_mode.call_mode_arguments(type(module).__call__, mode_argument)
   graphdef, state = nnx.split(module)  # other variable types are refused when it is traced
   rebuild = None
   if factory is not None and 'rngs' in inspect.signature(factory).parameters:
@@ -263,7 +262,8 @@ def to_linen(module, factory: Callable | None = None,
   name = type(module).__name__
   if name not in _LINEN_CLASSES:  # named as the NNX class, as errors and name stacks say it
     _LINEN_CLASSES[name] = type(name, (NNXModule,), {'__module__': __name__})
-  return _LINEN_CLASSES[name](_Source(graphdef, state, name, rebuild, mode_argument))
+  return _LINEN_CLASSES[name](_Source(graphdef, state, name, rebuild, mode_argument,
+                                         call_arguments))
 
 
 _LINEN_CLASSES: dict[str, type] = {}

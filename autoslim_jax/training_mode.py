@@ -107,6 +107,20 @@ def mode_arguments(module: nn.Module) -> tuple[ModeArgument, ...]:
   return call_mode_arguments(type(module).__call__)
 
 
+def _nnx_source(module: nn.Module):
+  """An NNX module's source (``nnx_modules._Source``), or None for a linen module."""
+  from autoslim_jax import nnx_modules  # pylint: disable=g-import-not-at-top  # it imports this
+  return module.source if isinstance(module, nnx_modules.NNXModule) else None
+
+
+def given_mode_argument(module: nn.Module) -> ModeArgument | None:
+  """The mode argument ``config.mode_argument`` gave the module (linen or NNX), or None."""
+  if isinstance(module, GivenModeArgument):
+    return module.mode_argument
+  source = _nnx_source(module)
+  return None if source is None else source.mode_argument
+
+
 def mode_kwargs(module: nn.Module, train: bool) -> dict[str, bool]:
   """The keyword arguments that put ``module`` in training (``train``) or inference mode."""
   return {m.name: m.value(train) for m in mode_arguments(module)}
@@ -137,6 +151,11 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
   arguments = mode_arguments(module)
 
   def how(train: bool) -> str:
+    source = _nnx_source(module)
+    if source is not None:  # NNX: train() / eval(), and any argument of __call__
+      called = ', '.join(f'{m.name}={m.value(train)}' for m in source.call_arguments)
+      return (f'{name} after {"train()" if train else "eval()"}'
+              + (f', called with {called}' if called else ''))
     if not arguments:
       return (f'{name}.__call__ takes no mode argument (one of {MODE_NAMES}), so the package '
               'cannot switch it')
@@ -164,7 +183,7 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
         if bool(running) == train:
           mode = 'training' if train else 'inference'
           uses = 'its running averages' if train else 'batch statistics'
-          another = ('' if isinstance(module, GivenModeArgument) else
+          another = ('' if given_mode_argument(module) is not None else
                      "; if __call__ takes the mode under another name, give it as "
                      "config.mode_argument ('NAME', or 'not NAME' for one True in inference)")
           raise tracing.TracingError(

@@ -80,6 +80,9 @@ def test_pipeline_compiles_a_handful_of_programs_and_a_second_seed_none(tmp_path
   export_checks = second_compiled.pop('jit(export_check)', 0)
   assert second_compiled == {}, second['programs_by_name']
   assert export_checks <= compiled['jit(export_check)'], (export_checks, compiled)
-  assert second['total']['cache_hits'] >= first['total']['programs']
+  # Every program but the export checks came from the cache (seed 1 may find fewer distinct
+  # widths than seed 0, e.g. a searched net as wide as its uniform baseline: fewer checks).
+  assert second['total']['cache_hits'] >= (first['total']['programs']
+                                           - compiled['jit(export_check)']), (first, second)
   assert [r.split(' | ')[1] for r in results.read_text().splitlines()] == [
       'pipeline compiles, seed 0', 'pipeline compiles, seed 1, same cache']

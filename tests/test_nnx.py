@@ -150,9 +150,16 @@ def test_layers_the_package_cannot_handle_are_refused_naming_them(name, message)
 
 
 def test_a_mode_argument_of_another_name_is_refused_unless_the_config_names_it():
+  """Refused after train() alone, pointing at config.mode_argument; given the name in the wrong
+  sense, refused saying what it was called with, without that hint."""
   with pytest.raises(tracing.TracingError, match=r"bn1: this BatchNorm normalises with its "
-                     r"running averages in training mode .*config.mode_argument"):
+                     r"running averages in training mode \(EvalModeArgument after train\(\)\); "
+                     r".*config.mode_argument"):
     network('eval_mode_argument')
+  with pytest.raises(tracing.TracingError, match=r"running averages in training mode "
+                     r"\(EvalModeArgument after train\(\), called with eval_mode=True\)") as given:
+    network('eval_mode_argument', 'eval_mode')
+  assert 'config.mode_argument' not in str(given.value)
   with pytest.raises(ValueError, match=r"mode_argument 'eval_mod': EvalModeArgument.__call__ "
                      r"takes no argument 'eval_mod' \(it takes \['x', 'eval_mode'\]\)"):
     network('eval_mode_argument', 'not eval_mod')

@@ -81,8 +81,9 @@ def test_a_mode_argument_of_another_name_needs_the_config_to_name_it():
     models.create_network('mobilenet_v2', 'train', layout='cifar')
   # Given, the name is used as given (True in training): a BatchNorm it leaves in inference.
   with pytest.raises(tracing.TracingError, match=r"bn1: .* running averages in training mode "
-                     r"\(EvalModeArgument called with eval_mode=True\)"):
+                     r"\(EvalModeArgument called with eval_mode=True\)") as given:
     network('eval_mode_argument', 'eval_mode')
+  assert 'config.mode_argument' not in str(given.value)  # it was given
 
 
 def test_a_mode_argument_the_config_names_travels_with_the_network(tmp_path):
