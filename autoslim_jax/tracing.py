@@ -48,6 +48,7 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 
+from autoslim_jax import tracing_labels
 from autoslim_jax import tracing_rules
 from autoslim_jax import training_mode
 from autoslim_jax.models.base import LayerRecord, Network
@@ -329,6 +330,51 @@ def _key_name(key) -> str:
     if hasattr(key, attr):
       return str(getattr(key, attr))
   return str(key)
+
+
+def _literals(jaxpr) -> list[tuple[Any, Any]]:
+  """Every literal operand of a jaxpr and its sub-jaxprs, in order, with its equation."""
+  found = []
+  for eqn in jaxpr.eqns:
+    found += [(eqn, v.val) for v in eqn.invars if isinstance(v, jcore.Literal)]
+    sub = tracing_labels.sub_jaxpr(eqn)
+    if sub is not None:
+      found += _literals(sub[0])
+  return found
+
+
+def refuse_batch_size_constants(module: nn.Module, input_shape: Sequence[int]) -> None:
+  """Refuses a module whose inference graph computes with the batch size (a mean over the
+  batch, say): a slim network's exported program serves any batch but is traced at a fixed one
+  (``plain_network.SlimPlainNetwork.program``), so it would be right at that batch only. Seen
+  as a literal that differs when the graph is traced for one more image. (After
+  ``training_mode.check_modes``: a BatchNorm left in training mode is the usual cause, and that
+  check names it better.)"""
+  kwargs = _call_kwargs(module)
+  variables = jax.eval_shape(
+      lambda x: module.init(jax.random.key(0), x, **kwargs),
+      jax.ShapeDtypeStruct((TRACE_BATCH,) + tuple(input_shape), jnp.float32))
+
+  def literals(batch: int):
+    images = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
+    return _literals(jax.make_jaxpr(
+        lambda v, x: module.apply(v, x, mutable=True, **kwargs))(variables, images).jaxpr)
+
+  name = type(module).__name__
+  batch, more = TRACE_BATCH, TRACE_BATCH + 1
+  here, there = literals(batch), literals(more)
+  if len(here) != len(there):
+    raise TracingError(
+        f'{name}: in inference mode it computes differently for a batch of {batch} and of '
+        f"{more} images; a slim network's exported program must serve any batch: compute "
+        'inference-mode values image by image')
+  for (eqn, a), (_, b) in zip(here, there):
+    if np.shape(a) != np.shape(b) or not np.array_equal(a, b):
+      raise TracingError(
+          f'{describe(eqn, name)}: in inference mode this computes with the batch size '
+          f'({np.asarray(a).tolist()} for a batch of {batch}, {np.asarray(b).tolist()} for '
+          f"{more}: a mean over the batch axis, say); a slim network's exported program must "
+          'serve any batch: compute inference-mode values image by image')
 
 
 def trace_network(module: nn.Module, input_shape: Sequence[int],

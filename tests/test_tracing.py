@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from autoslim_jax import plain_network
 from autoslim_jax import tracing
 from autoslim_jax.channels import make_divisible
 from autoslim_jax.models import mobilenet_v1, mobilenet_v2, resnet50
@@ -451,6 +452,31 @@ class UnknownOp(nn.Module):
 def test_unknown_primitive_on_a_unit_is_refused():
   with pytest.raises(tracing.TracingError, match="applies sort, which .* unit 'conv'"):
     tracing.trace_network(UnknownOp(), (8, 8, 3))
+
+
+class BatchCentred(nn.Module):
+  """Subtracts the batch's mean in inference mode too: right at the traced batch only."""
+  reduce: Callable
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), name='conv')(x))
+    x = x - self.reduce(x)
+    return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_inference_computing_with_the_batch_size_is_refused():
+  """A slim net's exported program is traced at a fixed batch and serves any: a module whose
+  inference graph has constants that depend on the batch (a mean over the batch axis) is
+  refused as a network, naming the line; one that reduces over other axes is a network."""
+  with pytest.raises(tracing.TracingError,
+                     match=r"BatchCentred: div at .*test_tracing.py:\d+.* in inference mode this "
+                           r"computes with the batch size \(2.0 for a batch of 2, 3.0 for 3"):
+    plain_network.PlainNetwork('centred', BatchCentred(lambda x: jnp.mean(x, axis=0)),
+                               (8, 8, 3))
+  network = plain_network.PlainNetwork(
+      'centred', BatchCentred(lambda x: jnp.mean(x, axis=(1, 2), keepdims=True)), (8, 8, 3))
+  assert list(network.channel_space().max_config()) == ['conv']
 
 
 class ChannelsAsSpatial(nn.Module):
