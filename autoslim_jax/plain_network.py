@@ -541,7 +541,6 @@ class PlainNetwork(Network):
   def __init__(self, name: str, module: nn.Module, input_shape: Sequence[int]):
     traced = tracing.trace_network(module, input_shape)
     training_mode.check_modes(module, input_shape)
-    tracing.refuse_batch_size_constants(module, input_shape)
     self.module = module
     self.traced = traced
 

@@ -343,26 +343,15 @@ def _literals(jaxpr) -> list[tuple[Any, Any]]:
   return found
 
 
-def refuse_batch_size_constants(module: nn.Module, input_shape: Sequence[int]) -> None:
+def refuse_batch_size_constants(name: str, graph: tuple[int, Any],
+                                 other: tuple[int, Any]) -> None:
   """Refuses a module whose inference graph computes with the batch size (a mean over the
   batch, say): a slim network's exported program serves any batch but is traced at a fixed one
   (``plain_network.SlimPlainNetwork.program``), so it would be right at that batch only. Seen
-  as a literal that differs when the graph is traced for one more image. (After
-  ``training_mode.check_modes``: a BatchNorm left in training mode is the usual cause, and that
-  check names it better.)"""
-  kwargs = _call_kwargs(module)
-  variables = jax.eval_shape(
-      lambda x: module.init(jax.random.key(0), x, **kwargs),
-      jax.ShapeDtypeStruct((TRACE_BATCH,) + tuple(input_shape), jnp.float32))
-
-  def literals(batch: int):
-    images = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
-    return _literals(jax.make_jaxpr(
-        lambda v, x: module.apply(v, x, mutable=True, **kwargs))(variables, images).jaxpr)
-
-  name = type(module).__name__
-  batch, more = TRACE_BATCH, TRACE_BATCH + 1
-  here, there = literals(batch), literals(more)
+  as a literal that differs between ``graph`` and ``other``, (batch, jaxpr) pairs of the same
+  module's inference graph (``training_mode.check_modes``)."""
+  (batch, jaxpr), (more, other_jaxpr) = graph, other
+  here, there = _literals(jaxpr), _literals(other_jaxpr)
   if len(here) != len(there):
     raise TracingError(
         f'{name}: in inference mode it computes differently for a batch of {batch} and of '

@@ -14,6 +14,7 @@ that the training steps cannot run, naming it and the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import keyword
 from typing import Any, Sequence
@@ -144,7 +145,8 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
   Raises ``tracing.TracingError`` naming the layer and the fix for: a BatchNorm that does not
   normalise with batch statistics in training mode or with its running averages in inference
   mode; a BatchNorm with an ``axis_name`` (written for ``pmap``); active dropout; a module
-  without BatchNorm; and any other error of the module in training mode.
+  without BatchNorm; any other error of the module in training mode; and an inference graph
+  that computes with the batch size (``tracing.refuse_batch_size_constants``).
   """
   from autoslim_jax import tracing  # pylint: disable=g-import-not-at-top  # tracing imports this
   name = type(module).__name__
@@ -164,6 +166,10 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
   images = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
   variables = jax.eval_shape(
       lambda x: module.init(jax.random.key(0), x, **mode_kwargs(module, False)), images)
+
+  def apply(variables, x, train: bool):
+    return module.apply(variables, x, mutable=True, **mode_kwargs(module, train))
+
   for train in (True, False):
     norms = []
 
@@ -202,8 +208,7 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
 
     try:
       with nn.intercept_methods(interceptor):
-        jax.eval_shape(lambda v, x, train=train: module.apply(
-            v, x, mutable=True, **mode_kwargs(module, train)), variables, images)
+        graph = jax.make_jaxpr(functools.partial(apply, train=train))(variables, images).jaxpr
     except tracing.TracingError:
       raise
     except flax.errors.InvalidRngError as e:
@@ -218,3 +223,8 @@ def check_modes(module: nn.Module, input_shape: Sequence[int], batch: int = 2) -
       raise tracing.TracingError(
           f'{name} has no BatchNorm: the package trains, searches and calibrates through '
           f'BatchNorm statistics (a network without them is not supported yet)')
+  # The loop's last graph is the inference one, checked now that its BatchNorms follow the mode.
+  more = jax.ShapeDtypeStruct((batch + 1,) + tuple(input_shape), jnp.float32)
+  tracing.refuse_batch_size_constants(
+      name, (batch, graph),
+      (batch + 1, jax.make_jaxpr(functools.partial(apply, train=False))(variables, more).jaxpr))
